@@ -1,0 +1,1 @@
+"""The ComfyUI side of the worker: the process, its client, and running one job."""

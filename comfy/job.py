@@ -1,0 +1,146 @@
+"""Run one job: inputs in, workflow checked and run, outputs back.
+
+Blocking; the async handler runs it in a thread and signals cancellation through an
+Event. Every failure comes back as a result dict with `error` (never an exception), so
+the caller always gets a clear reason and the worker keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from comfy.delivery import deliver_inline
+from comfy.errors import ComfyUnavailable, JobError, JobTimeout
+from comfy.input_files import stage_inputs
+from comfy.job_input import JobInput, parse_job_input
+from comfy.monitor import Cancelled, DeadlineExceeded
+from comfy.outputs import collect_outputs
+from comfy.progress import ProgressReporter
+from comfy.runtime import WorkerRuntime
+from comfy.settings import FreeAfterJob
+from comfy.validation import validate_graph
+
+log = logging.getLogger("comfy.job")
+
+INTERRUPT_SETTLE_S = 5.0  # how long to wait for ComfyUI to stop after /interrupt
+
+
+class JobCancelled(JobError):
+    error_type = "cancelled"
+
+
+def run_job(
+    runtime: WorkerRuntime,
+    raw_input: Any,
+    job_id: str,
+    send_progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run one job and return the RunPod result (`error` set on failure)."""
+    started = time.monotonic()
+    cancel = cancel or threading.Event()
+    crashed = False
+    with runtime.job_lock:
+        try:
+            job = parse_job_input(raw_input, max_images=runtime.settings.max_images)
+            result = _run(runtime, job, job_id, send_progress, cancel, started)
+        except JobError as exc:
+            log.warning("job %s failed: %s", job_id, exc.message)
+            result = exc.to_result()
+            crashed = isinstance(exc, ComfyUnavailable) and not runtime.comfy_alive()
+        except Exception as exc:  # a bug of ours: still a clear failure, never a dead worker
+            log.exception("job %s failed unexpectedly", job_id)
+            result = {"error": f"internal worker error: {type(exc).__name__}: {exc}", "error_type": "internal"}
+        _free_memory(runtime)
+    if runtime.settings.refresh_worker or (crashed and runtime.settings.refresh_after_crash):
+        result["refresh_worker"] = True
+    return result
+
+
+def _run(
+    runtime: WorkerRuntime,
+    job: JobInput,
+    job_id: str,
+    send_progress: Callable[[dict[str, Any]], None] | None,
+    cancel: threading.Event,
+    started: float,
+) -> dict[str, Any]:
+    settings, client = runtime.settings, runtime.client
+    deadline = started + (job.timeout_s or settings.job_timeout_s)
+    runtime.ensure_ready()
+    staged = stage_inputs(job, settings, client)
+    scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
+    try:
+        graph = job.workflow
+        validate_graph(graph, client.object_info())
+        extra_data = {"api_key_comfy_org": job.comfy_org_api_key} if job.comfy_org_api_key else None
+        queued_wall_ms = time.time() * 1000
+        prompt_id = client.queue_prompt(graph, runtime.events.client_id, extra_data)
+        log.info("job %s: queued prompt %s", job_id, prompt_id)
+        reporter = ProgressReporter(graph, send_progress, settings.progress_interval_s) if send_progress else None
+        try:
+            finished = runtime.monitor.wait(prompt_id, deadline, cancel, reporter)
+        except DeadlineExceeded:
+            _stop_prompt(runtime, prompt_id)
+            limit = job.timeout_s or settings.job_timeout_s
+            raise JobTimeout(
+                f"the workflow did not finish within {limit:g} s; ComfyUI was interrupted "
+                "(raise timeout_s in the job input or COMFY_JOB_TIMEOUT_S)",
+                details={"prompt_id": prompt_id, "timeout_s": limit},
+            ) from None
+        except Cancelled:
+            _stop_prompt(runtime, prompt_id)
+            raise JobCancelled("the job was cancelled; ComfyUI was interrupted", details={"prompt_id": prompt_id}) from None
+        fetch_started = time.monotonic()
+        files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
+        result = deliver_inline(files)
+        done = time.monotonic()
+        result["prompt_id"] = prompt_id
+        result["timings"] = {
+            "queue_ms": round(finished.execution_start_ms - queued_wall_ms, 1) if finished.execution_start_ms else None,
+            "execution_ms": (
+                round(finished.execution_end_ms - finished.execution_start_ms, 1)
+                if finished.execution_start_ms and finished.execution_end_ms else None
+            ),
+            "fetch_ms": round((done - fetch_started) * 1000, 1),
+            "total_ms": round((done - started) * 1000, 1),
+        }
+        return result
+    finally:
+        staged.cleanup()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop_prompt(runtime: WorkerRuntime, prompt_id: str) -> None:
+    """Interrupt a running prompt, drop it from the queue, and wait until ComfyUI is idle."""
+    client = runtime.client
+    try:
+        client.delete_from_queue([prompt_id])
+        client.interrupt(prompt_id)
+        settle = time.monotonic() + INTERRUPT_SETTLE_S
+        while time.monotonic() < settle and runtime.comfy_alive():
+            queue = client.queue()
+            if not queue.get("queue_running") and not any(
+                item[1] == prompt_id for item in queue.get("queue_pending", [])
+            ):
+                return
+            time.sleep(0.05)
+        log.warning("prompt %s still running %.0f s after /interrupt", prompt_id, INTERRUPT_SETTLE_S)
+    except ComfyUnavailable as exc:
+        log.warning("could not interrupt prompt %s: %s", prompt_id, exc)
+
+
+def _free_memory(runtime: WorkerRuntime) -> None:
+    mode = runtime.settings.free_after_job
+    if mode is FreeAfterJob.NONE or not runtime.comfy_alive():
+        return
+    try:
+        runtime.client.free(unload_models=mode is FreeAfterJob.MODELS, free_memory=True)
+    except ComfyUnavailable as exc:
+        log.warning("POST /free failed: %s", exc)
