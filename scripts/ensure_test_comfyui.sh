@@ -9,7 +9,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/versions.sh
 . "$root/scripts/versions.sh"
-cache_root="${COMFY_WORKER_CACHE:-$HOME/.cache/comfy-worker}"
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+cache_root="${COMFY_WORKER_CACHE:-$home/.cache/comfy-worker}"
 key="$( { echo "$COMFYUI_VERSION $TEST_TORCH_VERSION $TEST_TORCHVISION_VERSION";
           cat "$root/builder/install_comfyui.sh" "$root/builder/comfyui-cpu-requirements.txt"; } \
         | sha256sum | cut -c1-16)"

@@ -1,0 +1,114 @@
+"""Test-only ComfyUI custom nodes: behaviours stock nodes cannot produce on demand.
+
+Copied into the test ComfyUI's custom_nodes/ folder by tests/comfy_env.py.
+"""
+
+import os
+import time
+
+import folder_paths
+import comfy.model_management
+
+
+class TestRaise:
+    """Raises, to produce an execution_error."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"message": ("STRING", {"default": "boom"})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, message):
+        raise ValueError(message)
+
+
+class TestSleep:
+    """Passes an image through after sleeping, checking for interrupts like a sampler does."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, image, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(0.02)
+        return (image,)
+
+
+class TestProgress:
+    """Reports progress steps like a sampler, then passes the image through."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "steps": ("INT", {"default": 5, "min": 1, "max": 1000})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, image, steps):
+        import comfy.utils
+
+        bar = comfy.utils.ProgressBar(steps)
+        for _ in range(steps):
+            time.sleep(0.05)
+            bar.update(1)
+        return (image,)
+
+
+class TestGifOutput:
+    """Writes a small file and reports it under `gifs`, as VideoHelperSuite's VHS_VideoCombine does."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "vhs_like"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, images, filename_prefix):
+        from PIL import Image
+
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1]
+        )
+        frames = [Image.fromarray((255.0 * img.cpu().numpy()).clip(0, 255).astype("uint8")) for img in images]
+        filename = f"{name}_{counter:05}_.gif"
+        frames[0].save(os.path.join(folder, filename), save_all=True, append_images=frames[1:], duration=100, loop=0)
+        return {"ui": {"gifs": [{"filename": filename, "subfolder": subfolder, "type": "output", "format": "image/gif"}]}}
+
+
+class TestTextOutput:
+    """Returns text to the UI, as captioning and LLM nodes do."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "hello"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, text):
+        return {"ui": {"text": [text, text.upper()]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    "TestRaise": TestRaise,
+    "TestSleep": TestSleep,
+    "TestProgress": TestProgress,
+    "TestGifOutput": TestGifOutput,
+    "TestTextOutput": TestTextOutput,
+}
