@@ -1,0 +1,75 @@
+"""A loopback TCP proxy that can cut connections on demand (to drop a websocket mid-job)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to an upstream port; remembers each connection's first bytes."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._lock = threading.Lock()
+        self._connections: list[tuple[bytes, socket.socket, socket.socket]] = []
+        self.dropped = 0
+        self.websocket_connects = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        first = client.recv(65536)
+        if not first:
+            client.close()
+            upstream.close()
+            return
+        with self._lock:
+            self._connections.append((first, client, upstream))
+            if first.startswith(b"GET /ws"):
+                self.websocket_connects += 1
+        upstream.sendall(first)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def drop_websockets(self) -> int:
+        """Cut every proxied websocket connection; returns how many were cut."""
+        with self._lock:
+            victims = [c for c in self._connections if c[0].startswith(b"GET /ws")]
+            self._connections = [c for c in self._connections if not c[0].startswith(b"GET /ws")]
+        for _, client, upstream in victims:
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+        self.dropped += len(victims)
+        return len(victims)
+
+    def close(self) -> None:
+        self._server.close()
