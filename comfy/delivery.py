@@ -6,8 +6,9 @@ not only images, so its clients keep working) and in the richer `outputs` list.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
+
+import pybase64
 
 from comfy.outputs import OutputFile, OutputKind
 
@@ -19,7 +20,7 @@ def deliver_inline(files: list[OutputFile]) -> dict[str, Any]:
     for item in files:
         entry = item.model_dump(mode="json", exclude_none=True)
         if item.kind is not OutputKind.TEXT and item.path is not None:
-            data = base64.b64encode(item.path.read_bytes()).decode("ascii")
+            data = pybase64.b64encode_as_string(item.path.read_bytes())
             entry["data"] = data
             images.append({"filename": item.filename, "type": "base64", "data": data})
         outputs.append(entry)
