@@ -1,0 +1,5 @@
+"""supabase_sync: forward queued Supabase tasks to RunPod serverless endpoints, write results back.
+
+    python -m supabase_sync            # run the dispatcher (see docs/dispatcher.md)
+    python -m supabase_sync sql        # print the migrations, for psql
+"""

@@ -1,0 +1,16 @@
+"""Where the SQL migrations live, in the order they are applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "sql" / "migrations"
+# 0003 needs pg_net and is optional; the others are required, in this order.
+REQUIRED = ("0001_schema.sql", "0002_functions.sql")
+OPTIONAL_TRIGGER = "0003_trigger_pg_net.sql"
+
+
+def migration_files(include_trigger: bool = False) -> list[Path]:
+    """The migration files to apply with psql, in order."""
+    names = list(REQUIRED) + ([OPTIONAL_TRIGGER] if include_trigger else [])
+    return [MIGRATIONS_DIR / name for name in names]
