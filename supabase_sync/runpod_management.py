@@ -13,10 +13,10 @@ the last good setting and tries again on its next pass.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -56,27 +56,26 @@ class _EndpointBody(BaseModel):
 
 
 class RunpodManagementClient:
-    """A thin, retrying client for an endpoint's worker limits."""
+    """A thin, retrying async client for an endpoint's worker limits."""
 
     def __init__(
         self,
         api_key: str,
         *,
         base_url: str = DEFAULT_MANAGEMENT_URL,
-        http: httpx.Client | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 15.0,
         attempts: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not api_key:
             raise ValueError("RUNPOD_API_KEY is empty: the management API needs an API key")
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self._base_url = base_url.rstrip("/")
-        self._http = http or httpx.Client(timeout=timeout_s)
-        self._owns_http = http is None
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport)
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._attempts = attempts
         self._backoff_s = backoff_s
@@ -92,20 +91,19 @@ class RunpodManagementClient:
             raise ValueError("RUNPOD_API_KEY is not set: the scaler needs it to change endpoints")
         return cls(api_key, base_url=env.get("RUNPOD_MANAGEMENT_URL") or DEFAULT_MANAGEMENT_URL, **kwargs)
 
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
-    def get_workers(self, endpoint_id: str) -> WorkerLimits:
+    async def get_workers(self, endpoint_id: str) -> WorkerLimits:
         """The endpoint's current `workers.min`/`max`/`idleTimeout`."""
-        return self._workers_of(endpoint_id, self._request("GET", endpoint_id))
+        return self._workers_of(endpoint_id, await self._request("GET", endpoint_id))
 
-    def set_workers(self, endpoint_id: str, limits: WorkerLimits) -> WorkerLimits:
+    async def set_workers(self, endpoint_id: str, limits: WorkerLimits) -> WorkerLimits:
         """Set `workers.min`/`max` (and `idleTimeout` when given); returns what the API reports."""
         workers: dict[str, int] = {"min": limits.min, "max": limits.max}
         if limits.idle_timeout_s is not None:
             workers["idleTimeout"] = limits.idle_timeout_s
-        body = self._request("PATCH", endpoint_id, json={"workers": workers})
+        body = await self._request("PATCH", endpoint_id, json={"workers": workers})
         try:
             return self._workers_of(endpoint_id, body)
         except ManagementApiError:
@@ -121,14 +119,14 @@ class RunpodManagementClient:
                 f"endpoint {endpoint_id}: unexpected answer, no valid workers object: {exc}", endpoint_id=endpoint_id
             ) from exc
 
-    def _request(self, method: str, endpoint_id: str, json: dict[str, Any] | None = None) -> Any:
+    async def _request(self, method: str, endpoint_id: str, json: dict[str, Any] | None = None) -> Any:
         url = f"{self._base_url}/v2/serverless/{endpoint_id}"
         last_error = ""
         status: int | None = None
         for attempt in range(1, self._attempts + 1):
             retry_after: float | None = None
             try:
-                response = self._http.request(method, url, headers=self._headers, json=json)
+                response = await self._http.request(method, url, headers=self._headers, json=json)
             except httpx.TransportError as exc:
                 status, last_error = None, f"{type(exc).__name__}: {exc}"
             else:
@@ -151,7 +149,7 @@ class RunpodManagementClient:
                 delay = delay * (0.5 + random.random() / 2)  # jitter: several scalers do not retry in step
                 if retry_after is not None:
                     delay = min(self._max_backoff_s, max(delay, retry_after))
-                self._sleep(delay)
+                await self._sleep(delay)
         raise ManagementApiError(
             f"{method} endpoint {endpoint_id} failed after {self._attempts} attempts: {last_error}",
             endpoint_id=endpoint_id,
