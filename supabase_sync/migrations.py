@@ -6,7 +6,11 @@ from pathlib import Path
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "sql" / "migrations"
 # 0003 needs pg_net and is optional; the others are required, in this order.
-REQUIRED = ("0001_schema.sql", "0002_functions.sql")
+REQUIRED = (
+    "0001_schema.sql",
+    "0002_functions.sql",
+    "0050_scaler.sql",  # scaler (issue 6): the queue counts `python -m supabase_sync scale` reads
+)
 OPTIONAL_TRIGGER = "0003_trigger_pg_net.sql"
 
 

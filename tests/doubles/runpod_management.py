@@ -185,3 +185,36 @@ class ManagementServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# --- mounted into the RunPod emulator -------------------------------------------------------
+
+
+def starlette_routes(api: ManagementApi) -> list[Any]:
+    """The management routes as Starlette routes, for `RunPodEmulator.extra_routes()`."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def serve(request: Request) -> JSONResponse:
+        status, extra, payload = api.handle(
+            request.method, request.url.path, dict(request.headers.items()), await request.body()
+        )
+        return JSONResponse(payload, status_code=status, headers=extra)
+
+    return [Route("/v2/serverless/{endpoint_id}", serve, methods=["GET", "PATCH"])]
+
+
+def emulator_with_management(api: ManagementApi, **kwargs: Any) -> Any:
+    """A `RunPodEmulator` that also serves RunPod's management API for its endpoints.
+
+    Its `url` is the management base URL (RUNPOD_MANAGEMENT_URL) and its `api_base_url`
+    the endpoint API's (RUNPOD_API_BASE_URL); both take the same API key.
+    """
+    from tests.doubles.runpod_emulator import RunPodEmulator
+
+    class RunPodEmulatorWithManagement(RunPodEmulator):
+        def extra_routes(self) -> list[Any]:
+            return starlette_routes(api)
+
+    return RunPodEmulatorWithManagement(api_key=api.api_key, **kwargs)
