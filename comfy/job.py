@@ -80,6 +80,7 @@ def _run(
         graph = job.workflow
         validate_graph(graph, client.object_info())
         extra_data = {"api_key_comfy_org": job.comfy_org_api_key} if job.comfy_org_api_key else None
+        runtime.events.discard_pending()
         queued_wall_ms = time.time() * 1000
         prompt_id = client.queue_prompt(graph, runtime.events.client_id, extra_data)
         log.info("job %s: queued prompt %s", job_id, prompt_id)
