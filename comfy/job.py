@@ -72,8 +72,7 @@ def _run(
     started: float,
 ) -> dict[str, Any]:
     settings, client = runtime.settings, runtime.client
-    deadline = started + (job.timeout_s or settings.job_timeout_s)
-    runtime.ensure_ready()
+    runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
     staged = stage_inputs(job, settings, client)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
     try:
@@ -81,6 +80,7 @@ def _run(
         validate_graph(graph, client.object_info())
         extra_data = {"api_key_comfy_org": job.comfy_org_api_key} if job.comfy_org_api_key else None
         runtime.events.discard_pending()
+        deadline = time.monotonic() + (job.timeout_s or settings.job_timeout_s)
         queued_wall_ms = time.time() * 1000
         prompt_id = client.queue_prompt(graph, runtime.events.client_id, extra_data)
         log.info("job %s: queued prompt %s", job_id, prompt_id)
