@@ -31,12 +31,12 @@ class GraphProblem(BaseModel):
 
 
 def _is_link(value: Any) -> bool:
+    """ComfyUI's own rule: [node_id as a string, output index]."""
     return (
         isinstance(value, list)
         and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and not isinstance(value[0], bool)
-        and isinstance(value[1], int)
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
         and not isinstance(value[1], bool)
     )
 
@@ -104,17 +104,18 @@ def find_problems(graph: dict[str, Any], object_info: dict[str, Any]) -> list[Gr
                 if source_info is None:
                     continue  # already reported as unknown
                 outputs = source_info.get("output", [])
-                if value[1] < 0 or value[1] >= len(outputs):
+                index = int(value[1])
+                if index != value[1] or index < 0 or index >= len(outputs):
                     problems.append(GraphProblem(
                         node_id=node_id, class_type=class_type, input_name=name,
                         message=f"linked to output {value[1]} of node {source_id} ({source['class_type']}), "
                         f"which has {len(outputs)} output(s)",
                     ))
-                elif expected is not None and not _types_compatible(outputs[value[1]], expected):
+                elif expected is not None and not _types_compatible(outputs[index], expected):
                     problems.append(GraphProblem(
                         node_id=node_id, class_type=class_type, input_name=name,
                         message=f"expects {expected} but node {source_id} ({source['class_type']}) "
-                        f"output {value[1]} gives {outputs[value[1]]}",
+                        f"output {index} gives {outputs[index]}",
                     ))
             elif expected in ("INT", "FLOAT"):
                 error = _check_number(expected, value, options)
