@@ -77,3 +77,14 @@ def db(pg_cluster: PgCluster) -> Iterator[Database]:
         postgrest.stop()
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture()
+def emulator() -> Iterator[Any]:
+    from tests.doubles.runpod_emulator import RunPodEmulator
+
+    emu = RunPodEmulator(webhook_retry_delay_s=0.2, job_take_wait_s=0.5).start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
