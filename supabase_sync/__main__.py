@@ -1,8 +1,9 @@
-"""python -m supabase_sync [run | sql [--with-trigger] | check-config]
+"""python -m supabase_sync [run | sql [--with-trigger] | check-config | scale [--once] [--dry-run]]
 
     run (default)   the dispatcher: settings from the environment (docs/dispatcher.md)
     sql             print the migrations in order, e.g. `python -m supabase_sync sql | psql "$DATABASE_URL"`
     check-config    validate the environment and print the routes, then exit
+    scale           the endpoint scaler: workers.min/max from the queue (docs/scaler.md)
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def main(argv: list[str]) -> int:
         for path in migration_files(include_trigger="--with-trigger" in argv):
             sys.stdout.write(f"-- {path.name}\n{path.read_text()}\n")
         return 0
+    if command == "scale":  # the endpoint scaler (issue 6): supabase_sync/scaler_cli.py
+        from supabase_sync.scaler_cli import main as scale_main
+
+        return scale_main(argv[1:])
     if command not in ("run", "check-config"):
         print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
         return 2

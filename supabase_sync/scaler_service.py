@@ -5,8 +5,9 @@ One pass, for every endpoint of the routes:
 2. decide: `scaler.decide` with the endpoint's rule, its current limits and the clock;
 3. apply: `PATCH /v2/serverless/{id}` only when the target differs from the current
    setting; on failure the last good setting is kept and the next pass tries again;
-4. report: every decision is logged, handed to the listeners (metrics) and, with
-   `dry_run`, printed instead of applied.
+4. report: every decision is logged and handed to the listeners (with `dry_run`, the
+   command line prints it); unless dry-run, it is recorded in Supabase
+   (`record_scaler_decision`), where the dispatcher's /metrics reads it.
 
 An endpoint whose queue or health cannot be read this pass is left as it is.
 """
@@ -80,6 +81,10 @@ class WorkerSettingsApi(Protocol):
     async def set_workers(self, endpoint_id: str, limits: WorkerLimits) -> WorkerLimits: ...
 
 
+class DecisionLog(Protocol):
+    async def record(self, result: "PassResult") -> None: ...
+
+
 class SupabaseQueueCounts:
     """`scaler_queue_counts` called as a Supabase RPC (supabase AsyncClient)."""
 
@@ -94,6 +99,18 @@ class SupabaseQueueCounts:
         return rows[0] if rows else QueueCounts(queued_ready=0, queued_waiting=0, in_progress=0)
 
 
+class SupabaseDecisionLog:
+    """`record_scaler_decision` called as a Supabase RPC: the latest decision per endpoint."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def record(self, result: "PassResult") -> None:
+        await self._client.rpc(
+            "record_scaler_decision", {"p_endpoint_id": result.endpoint_id, "p_decision": decision_row(result)}
+        ).execute()
+
+
 @dataclass(frozen=True)
 class PassResult:
     """What happened to one endpoint in one pass."""
@@ -103,12 +120,41 @@ class PassResult:
     decision: ScalingDecision | None  # None when the endpoint could not be observed
     queue: QueueCounts | None
     error: str | None = None
+    applied: WorkerLimits | None = None  # the last setting known to be on RunPod after this pass
 
 
 @dataclass
 class _EndpointState:
     current: WorkerLimits | None = None  # the last setting known to be on RunPod
     lowering_since: float | None = None
+
+
+def decision_row(result: PassResult) -> dict[str, Any]:
+    """The decision as a `scaler_decisions` row (JSON object, counters left to SQL)."""
+    row: dict[str, Any] = {"outcome": result.outcome, "error": result.error}
+    if result.applied is not None:
+        row.update(applied_min=result.applied.min, applied_max=result.applied.max)
+    d = result.decision
+    if d is None:
+        return row
+    row.update(
+        reason=d.reason,
+        queued=d.load.queued,
+        queued_in_backoff=result.queue.queued_waiting if result.queue else None,
+        in_progress=d.load.in_progress,
+        runpod_in_queue=d.load.runpod_in_queue,
+        runpod_in_progress=d.load.runpod_in_progress,
+        workers_idle=d.load.workers_idle,
+        workers_running=d.load.workers_running,
+        workload=d.load.workload,
+        busy=d.load.busy,
+        desired_min=d.desired.min,
+        desired_max=d.desired.max,
+        target_min=d.target.min,
+        target_max=d.target.max,
+        scale_down_pending=d.lowering_since is not None,
+    )
+    return row
 
 
 DecisionListener = Callable[[PassResult], None]
@@ -127,6 +173,7 @@ class Scaler:
         dry_run: bool = False,
         clock: Callable[[], float] = time.monotonic,
         listeners: Sequence[DecisionListener] = (),
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
         self._queue = queue
@@ -135,6 +182,7 @@ class Scaler:
         self.dry_run = dry_run
         self._clock = clock
         self._listeners = list(listeners)
+        self._decision_log = decision_log
         self._state = {e.endpoint_id: _EndpointState() for e in self.endpoints}
 
     def current(self, endpoint_id: str) -> WorkerLimits | None:
@@ -146,7 +194,15 @@ class Scaler:
         results = list(await asyncio.gather(*(self._scale(e) for e in self.endpoints)))
         for result in results:
             self._report(result)
+        if self._decision_log is not None and not self.dry_run:
+            await asyncio.gather(*(self._record(r) for r in results))
         return results
+
+    async def _record(self, result: PassResult) -> None:
+        try:
+            await self._decision_log.record(result)  # type: ignore[union-attr]
+        except Exception as exc:  # metrics must never stop scaling
+            log.warning("endpoint %s: could not record the decision: %s", result.endpoint_id, _describe(exc))
 
     async def run_forever(self, interval_s: float, stop: asyncio.Event) -> None:
         """A pass every `interval_s` seconds until `stop` is set."""
@@ -171,7 +227,7 @@ class Scaler:
             )
             health_model = RunpodHealth.model_validate(health)
         except Exception as exc:
-            return PassResult(endpoint.endpoint_id, "observe_failed", None, None, _describe(exc))
+            return PassResult(endpoint.endpoint_id, "observe_failed", None, None, _describe(exc), state.current)
         if state.current is None:
             try:
                 state.current = await self._management.get_workers(endpoint.endpoint_id)
@@ -191,17 +247,17 @@ class Scaler:
         decision = decide(endpoint.endpoint_id, endpoint.rule, load, state.current, previous_since, self._clock())
         state.lowering_since = decision.lowering_since
         if not decision.apply:
-            return PassResult(endpoint.endpoint_id, "unchanged", decision, queue)
+            return PassResult(endpoint.endpoint_id, "unchanged", decision, queue, applied=state.current)
         if self.dry_run:
-            return PassResult(endpoint.endpoint_id, "dry_run", decision, queue)
+            return PassResult(endpoint.endpoint_id, "dry_run", decision, queue, applied=state.current)
         try:
             state.current = await self._management.set_workers(endpoint.endpoint_id, decision.target)
         except ManagementApiError as exc:
             # Keep the last good setting; a scale-down that was due stays due (no new grace).
             if state.current is not None and decision.desired.lowers(state.current):
                 state.lowering_since = previous_since if previous_since is not None else self._clock()
-            return PassResult(endpoint.endpoint_id, "apply_failed", decision, queue, str(exc))
-        return PassResult(endpoint.endpoint_id, "applied", decision, queue)
+            return PassResult(endpoint.endpoint_id, "apply_failed", decision, queue, str(exc), state.current)
+        return PassResult(endpoint.endpoint_id, "applied", decision, queue, applied=state.current)
 
     def _report(self, result: PassResult) -> None:
         line = describe(result)

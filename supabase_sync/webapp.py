@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from supabase_sync.dispatcher import Dispatcher
 from supabase_sync.runpod_api import JobStatus
+from supabase_sync.scaler_metrics import scaler_metrics_text
 from supabase_sync.webhooks import RUNPOD_HOOK_PATH, verify
 
 log = logging.getLogger("supabase_sync.webapp")
@@ -97,7 +98,13 @@ def create_app(dispatcher: Dispatcher) -> Starlette:
         except Exception as exc:  # still serve the process counters
             log.warning("queue_stats failed: %s", exc)
             up = False
-        return PlainTextResponse(dispatcher.metrics.render(queue, up), media_type="text/plain; version=0.0.4")
+        text = dispatcher.metrics.render(queue, up)
+        # scaler (issue 6): the scaler's latest decision per endpoint (supabase_sync/scaler_metrics.py)
+        try:
+            text += await scaler_metrics_text(dispatcher.store.client)
+        except Exception as exc:
+            log.warning("scaler_decisions failed: %s", exc)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     return Starlette(routes=[
         Route("/hooks/supabase", supabase_hook, methods=["POST"]),

@@ -1,8 +1,9 @@
--- supabase_sync 0050: what the scaler (`python -m supabase_sync scale`) reads from the queue.
+-- supabase_sync 0050: what the scaler (`python -m supabase_sync scale`) reads from the queue,
+-- and where it records its decisions for the dispatcher's /metrics.
 --
 -- Apply after 0001/0002, as the database owner, like the other migrations:
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f 0050_scaler.sql
--- Executable by service_role only (see the grants at the end).
+-- Functions executable and the table readable by service_role only (grants at the end).
 
 -- The queue of one RunPod endpoint: tasks of the types routed to it that are still queued
 -- (ready now, or waiting out a retry backoff) and the tasks in progress on it. In-progress
