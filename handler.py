@@ -31,6 +31,7 @@ if PROCESS is not None:
         log.error("%s", exc)
 
 import asyncio  # noqa: E402  (after ComfyUI's start, on purpose)
+import atexit  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
 from typing import Any  # noqa: E402
@@ -39,8 +40,12 @@ import runpod  # noqa: E402
 
 from comfy.job import run_job  # noqa: E402
 from comfy.runtime import WorkerRuntime  # noqa: E402
+from supabase_sync.worker_heartbeat import WorkerHeartbeat  # noqa: E402
 
 RUNTIME = WorkerRuntime(SETTINGS, PROCESS)
+# The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.
+HEARTBEAT = WorkerHeartbeat.from_env().start()
+atexit.register(HEARTBEAT.stop)
 
 
 def _progress_sender(job: dict[str, Any]):
@@ -53,11 +58,15 @@ def _progress_sender(job: dict[str, Any]):
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Run one RunPod job; a failure comes back as {"error": ..., "details": ...}."""
     cancel = threading.Event()
+    job_input = job.get("input")
+    HEARTBEAT.set_current_task(job_input.get("task_id") if isinstance(job_input, dict) else None)
     try:
-        return await asyncio.to_thread(run_job, RUNTIME, job.get("input"), str(job["id"]), _progress_sender(job), cancel)
+        return await asyncio.to_thread(run_job, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
     except asyncio.CancelledError:
         cancel.set()  # the job thread interrupts ComfyUI and removes the prompt
         raise
+    finally:
+        HEARTBEAT.set_current_task(None)
 
 
 if __name__ == "__main__":

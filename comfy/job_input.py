@@ -111,6 +111,9 @@ class JobInput(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="execution deadline")
     comfy_org_api_key: str | None = Field(default=None, repr=False, description="for Comfy.org API nodes")
     include_temp: bool = Field(default=False, description="also return temp files (PreviewImage)")
+    task_id: str | None = Field(
+        default=None, max_length=200, description="the Supabase task this job runs (set by the dispatcher; for heartbeats and logs)"
+    )
 
     @field_validator("workflow", mode="before")
     @classmethod
