@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, every pass: too much
     return asyncio.run(_run(settings, once=args.once, dry_run=args.dry_run))
 
 
