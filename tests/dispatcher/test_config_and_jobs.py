@@ -1,0 +1,190 @@
+"""Settings, routes, job input and job outcomes: the dispatcher's pure parts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+
+from supabase_sync.__main__ import main
+from supabase_sync.config import ConfigError, OutputDelivery, Route, Settings
+from supabase_sync.jobs import InvalidTaskParams, build_job_input, interpret_status, primary_output_url
+from supabase_sync.runpod_api import JobStatus, RetryPolicy, RunPodClient, RunPodRejected, RunPodUnavailable
+
+BASE_ENV = {"SUPABASE_URL": "http://127.0.0.1:1", "SUPABASE_SERVICE_ROLE_KEY": "k", "RUNPOD_API_KEY": "r",
+            "DISPATCHER_ROUTES": "comfy=ep1;vace,flux,t2v,i2v=ep2"}
+TASK = uuid.UUID("5b1e0c2a-35a8-4d6e-9a57-2d1f6c7b8e90")
+
+
+def test_compact_routes_and_defaults():
+    settings = Settings.from_env(BASE_ENV)
+    comfy, wan = settings.routing.routes
+    assert (comfy.endpoint_id, comfy.kind, wan.kind) == ("ep1", "comfy", "passthrough")
+    assert settings.routing.route_for("flux") is wan and settings.routing.route_for("x") is None
+    assert settings.poll_interval_s == 5.0 and settings.public_url is None
+
+
+def test_missing_variables_are_all_named():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SUPABASE_URL": "x"})
+    for name in ("SUPABASE_SERVICE_ROLE_KEY", "RUNPOD_API_KEY", "DISPATCHER_ROUTES or DISPATCHER_ROUTES_FILE"):
+        assert name in str(info.value)
+
+
+def test_bad_values_name_their_variable():
+    with pytest.raises(ConfigError, match="POLL_INTERVAL"):
+        Settings.from_env({**BASE_ENV, "POLL_INTERVAL": "soon"})
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET is not"):
+        Settings.from_env({**BASE_ENV, "DISPATCHER_PUBLIC_URL": "https://d.example"})
+    with pytest.raises(ConfigError, match="is not `type"):
+        Settings.from_env({**BASE_ENV, "DISPATCHER_ROUTES": "comfy"})
+    with pytest.raises(ConfigError, match="routed twice"):
+        Settings.from_env({**BASE_ENV, "DISPATCHER_ROUTES": "comfy=a;comfy=b"})
+
+
+def test_routes_file_with_every_option(tmp_path):
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"unknown_task_types": "fail", "routes": [
+        {"endpoint_id": "ep1", "task_types": ["comfy"], "max_in_flight": 4, "execution_timeout_s": 60, "ttl_s": 3600,
+         "output": {"mode": "supabase", "bucket": "outputs", "prefix": "comfy"}}]}))
+    settings = Settings.from_env({**BASE_ENV, "DISPATCHER_ROUTES": "", "DISPATCHER_ROUTES_FILE": str(path)})
+    [route] = settings.routing.routes
+    assert route.policy() == {"executionTimeout": 60000, "ttl": 3600000}
+    assert settings.routing.unknown_task_types == "fail"
+    path.write_text("{nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Settings.from_env({**BASE_ENV, "DISPATCHER_ROUTES_FILE": str(path)})
+    path.write_text(json.dumps({"routes": [{"endpoint_id": "e", "task_types": ["comfy"], "max_inflight": 3}]}))
+    with pytest.raises(ConfigError, match="max_inflight"):
+        Settings.from_env({**BASE_ENV, "DISPATCHER_ROUTES_FILE": str(path)})
+
+
+def test_check_config_command_reports_routes_and_errors(capsys, monkeypatch):
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert main(["check-config"]) == 0
+    assert "vace, flux, t2v, i2v -> endpoint ep2 (passthrough" in capsys.readouterr().out
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    assert main(["check-config"]) == 2
+    assert "missing environment variables: RUNPOD_API_KEY" in capsys.readouterr().err
+    assert main(["sql"]) == 0
+    assert "create or replace function public.claim_tasks" in capsys.readouterr().out
+
+
+def test_comfy_job_input_from_the_seeds_params_with_output_delivery():
+    route = Route(endpoint_id="e", task_types=["comfy"], output=OutputDelivery(bucket="outputs", prefix="comfy/"))
+    params = {"workflow": json.dumps({"1": {"class_type": "X", "inputs": {}}}), "video_url": "https://x.test/v.mp4",
+              "video_node_id": "1", "video_input_field": "video"}
+    job = build_job_input(TASK, "comfy", params, route)
+    assert job["workflow"] == {"1": {"class_type": "X", "inputs": {}}}  # JSON text parsed
+    assert job["output"] == {"mode": "supabase", "bucket": "outputs", "prefix": f"comfy/{TASK}"}
+    assert job["task_id"] == str(TASK) and job["video_node_id"] == "1"
+    own = build_job_input(TASK, "comfy", {**params, "output": {"mode": "inline"}}, route)
+    assert own["output"]["mode"] == "inline"  # the task's own choice wins
+    assert build_job_input(TASK, "comfy", json.dumps(params), route)["video_url"] == "https://x.test/v.mp4"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({}, "params has no 'workflow'"),
+    ({"workflow": {}}, "non-empty JSON object"),
+    ({"workflow": "[1, 2"}, "not valid JSON"),
+    ({"workflow": [1]}, "non-empty JSON object"),
+    ("{broken", "params is a string that is not valid JSON"),
+    (42, "params must be a JSON object, not int"),
+    ({"workflow": {"1": {"class_type": "X"}}, "images": [{"name": "a.png", "image": "A" * (11 * 1024 * 1024)}]},
+     "over RunPod's 10 MB /run limit"),
+])
+def test_params_that_cannot_become_a_job_say_why(params, message):
+    with pytest.raises(InvalidTaskParams, match=message):
+        build_job_input(TASK, "comfy", params, Route(endpoint_id="e", task_types=["comfy"]))
+
+
+def test_outcomes_from_runpod_statuses():
+    done = interpret_status(JobStatus(id="j", status="COMPLETED", output={
+        "outputs": [{"node_id": "9", "kind": "text", "text": "hi"}, {"node_id": "3", "url": "https://cdn/a.png"},
+                    {"node_id": "4", "url": "https://cdn/b.png"}],
+        "images": [{"filename": "a.png", "type": "base64", "data": "x" * 100_000}]}))
+    assert done.kind == "complete" and done.output_url == "https://cdn/a.png"
+    assert done.result["output"]["images"][0] == {"filename": "a.png", "type": "base64", "data_omitted_bytes": 100_000}
+    assert primary_output_url({"images": [{"type": "s3_url", "data": "https://s3/x.png"}]}) == "https://s3/x.png"
+    bad = interpret_status(JobStatus(id="j", status="FAILED", error="graph is wrong",
+                                     output={"error_type": "invalid_workflow", "details": [{"node": "1"}]}))
+    assert (bad.kind, bad.retryable) == ("fail", False) and bad.error.startswith("invalid_workflow: graph is wrong | details")
+    crash = interpret_status(JobStatus(id="j", status="FAILED", error=json.dumps(
+        {"error_type": "<class 'RuntimeError'>", "error_message": "CUDA out of memory"})))
+    assert crash.retryable and crash.error == "<class 'RuntimeError'>: CUDA out of memory"
+    assert interpret_status(JobStatus(id="j", status="TIMED_OUT")).retryable
+    running = interpret_status(JobStatus(id="j", status="IN_PROGRESS", output={"percent": 40}))
+    assert running.kind == "running" and running.progress == {"percent": 40}
+
+
+def _client(handler, attempts=3):
+    return RunPodClient("key", "https://api.test/v2", retry=RetryPolicy(attempts=attempts, base_delay_s=0.001),
+                        transport=httpx.MockTransport(handler))
+
+
+def test_runpod_client_retries_429_then_succeeds_and_sends_webhook_and_policy():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) < 3:
+            return httpx.Response(429, json={"error": "slow down"})
+        return httpx.Response(200, json={"id": "job-1", "status": "IN_QUEUE"})
+
+    async def go():
+        client = _client(handler)
+        try:
+            return await client.run("ep", {"a": 1}, webhook="https://hook", policy={"ttl": 5})
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == "job-1"
+    assert len(seen) == 3 and seen[0].url.path == "/v2/ep/run"
+    assert seen[0].headers["authorization"] == "Bearer key"
+    assert json.loads(seen[-1].content) == {"input": {"a": 1}, "webhook": "https://hook", "policy": {"ttl": 5}}
+
+
+def test_runpod_client_does_not_resubmit_a_run_after_a_5xx_but_retries_status():
+    calls = {"run": 0, "status": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        kind = "run" if request.url.path.endswith("/run") else "status"
+        calls[kind] += 1
+        if kind == "status" and calls[kind] == 3:
+            return httpx.Response(404, json={"error": "request does not exist"})
+        return httpx.Response(502, text="bad gateway")
+
+    async def go():
+        client = _client(handler)
+        try:
+            with pytest.raises(RunPodUnavailable, match="HTTP 502"):
+                await client.run("ep", {})
+            assert await client.status("ep", "job-1") is None  # two 502s, then 404: RunPod forgot it
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert calls == {"run": 1, "status": 3}
+
+
+def test_runpod_client_4xx_is_rejected_without_retry():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(401, json={"error": "Unauthorized"})
+
+    async def go():
+        client = _client(handler)
+        try:
+            with pytest.raises(RunPodRejected) as info:
+                await client.run("ep", {})
+            return info.value.status_code
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == 401 and len(calls) == 1
