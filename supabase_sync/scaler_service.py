@@ -249,7 +249,9 @@ class Scaler:
         if not decision.apply:
             return PassResult(endpoint.endpoint_id, "unchanged", decision, queue, applied=state.current)
         if self.dry_run:
-            return PassResult(endpoint.endpoint_id, "dry_run", decision, queue, applied=state.current)
+            result = PassResult(endpoint.endpoint_id, "dry_run", decision, queue, applied=state.current)
+            state.current = decision.target  # as if applied: later dry-run passes go on from there
+            return result
         try:
             state.current = await self._management.set_workers(endpoint.endpoint_id, decision.target)
         except ManagementApiError as exc:

@@ -225,7 +225,9 @@ def test_dry_run_reports_each_decision_and_changes_nothing(db, emulator, managem
             for _ in range(2):
                 db.insert_task("comfy")
             await scaler.run_pass()
-        (result,) = results
+            await scaler.run_pass()  # goes on as if the first had applied: nothing more to do
+        result, second = results
+        assert second.outcome == "unchanged"
         assert result.outcome == "dry_run" and result.decision.target == WorkerLimits(2, 3)
         line = describe(result)
         for expected in ("endpoint=EPA", "outcome=dry_run", "queued=2", "in_progress=0", "workers_running=0",
