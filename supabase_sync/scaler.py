@@ -61,12 +61,15 @@ class EndpointLoad:
     runpod_in_progress: int  # /health jobs.inProgress
     workers_idle: int  # /health workers.idle
     workers_running: int  # /health workers.running
+    backlog_in_progress: int = 0  # Supabase: low-priority (backlog) tasks in progress, in RunPod's counts too
 
     @property
     def workload(self) -> int:
         """Tasks needing a worker. RunPod's own counts cover jobs submitted by other
-        clients; the larger of the two views of in-flight work is taken, never both."""
-        return self.queued + max(self.in_progress, self.runpod_in_queue + self.runpod_in_progress)
+        clients; the larger of the two views of in-flight work is taken, never both.
+        Backlog (low-priority) tasks are no workload: they run on the workers there are."""
+        runpod_jobs = max(0, self.runpod_in_queue + self.runpod_in_progress - self.backlog_in_progress)
+        return self.queued + max(self.in_progress, runpod_jobs)
 
     @property
     def busy(self) -> int:

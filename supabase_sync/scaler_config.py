@@ -43,8 +43,9 @@ class ScaledEndpoint(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     endpoint_id: str
-    task_types: tuple[str, ...]
+    task_types: tuple[str, ...]  # their queue makes the endpoint scale
     rule: ScalingRule
+    backlog_task_types: tuple[str, ...] = ()  # low_priority routes: served, never a reason to scale
 
 
 class ScalerSettings(BaseModel):
@@ -65,8 +66,11 @@ class ScalerSettings(BaseModel):
         file_defaults, file_endpoints = _rules_file(env.get("SCALER_RULES_FILE"))
 
         task_types: dict[str, list[str]] = {}
+        backlog: dict[str, list[str]] = {}
         for route in dispatcher.routing.routes:
-            task_types.setdefault(route.endpoint_id, []).extend(route.task_types)
+            task_types.setdefault(route.endpoint_id, [])
+            backlog.setdefault(route.endpoint_id, [])
+            (backlog if route.low_priority else task_types)[route.endpoint_id].extend(route.task_types)
         unknown = sorted(set(file_endpoints) - set(task_types))
         if unknown:
             raise ConfigError(
@@ -81,7 +85,8 @@ class ScalerSettings(BaseModel):
                 rule = ScalingRule.model_validate(fields)
             except ValidationError as exc:
                 raise ConfigError(f"scaling rule of endpoint {endpoint_id}: {_explain(exc, _rule_sources(env))}") from None
-            endpoints.append(ScaledEndpoint(endpoint_id=endpoint_id, task_types=tuple(types), rule=rule))
+            endpoints.append(ScaledEndpoint(endpoint_id=endpoint_id, task_types=tuple(types), rule=rule,
+                                            backlog_task_types=tuple(backlog[endpoint_id])))
 
         values: dict[str, Any] = {"dispatcher": dispatcher, "endpoints": endpoints}
         names: dict[str, str] = {}

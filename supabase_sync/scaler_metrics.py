@@ -31,6 +31,8 @@ class RecordedDecision(BaseModel):
     workers_running: int | None = None
     workload: int | None = None
     busy: int | None = None
+    backlog_queued: int | None = None
+    backlog_in_progress: int | None = None
     desired_min: int | None = None
     desired_max: int | None = None
     target_min: int | None = None
@@ -67,6 +69,8 @@ _GAUGES: list[tuple[str, str, str, str, dict[str, str]]] = [
     ("supabase_sync_scaler_input", "", "gauge", "workers_running", {"input": "workers_running"}),
     ("supabase_sync_scaler_input", "", "gauge", "workload", {"input": "workload"}),
     ("supabase_sync_scaler_input", "", "gauge", "busy", {"input": "busy"}),
+    ("supabase_sync_scaler_input", "", "gauge", "backlog_queued", {"input": "backlog_queued"}),
+    ("supabase_sync_scaler_input", "", "gauge", "backlog_in_progress", {"input": "backlog_in_progress"}),
     ("supabase_sync_scaler_scale_down_pending", "1 while a scale-down waits out its grace period.",
      "gauge", "scale_down_pending", {}),
     ("supabase_sync_scaler_changes_total", "Worker settings changed on RunPod.", "counter", "changes_total", {}),

@@ -38,6 +38,8 @@ class QueueCounts(BaseModel):
     queued_ready: int = Field(ge=0)
     queued_waiting: int = Field(ge=0)
     in_progress: int = Field(ge=0)
+    backlog_queued: int = Field(0, ge=0)
+    backlog_in_progress: int = Field(0, ge=0)
 
 
 class _HealthJobs(BaseModel):
@@ -64,7 +66,8 @@ class RunpodHealth(BaseModel):
 
 
 class QueueSource(Protocol):
-    async def counts(self, endpoint_id: str, task_types: Sequence[str]) -> QueueCounts: ...
+    async def counts(self, endpoint_id: str, task_types: Sequence[str],
+                     backlog_types: Sequence[str] = ()) -> QueueCounts: ...
 
 
 class HealthSource(Protocol):
@@ -91,10 +94,11 @@ class SupabaseQueueCounts:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    async def counts(self, endpoint_id: str, task_types: Sequence[str]) -> QueueCounts:
-        response = await self._client.rpc(
-            "scaler_queue_counts", {"p_endpoint_id": endpoint_id, "p_task_types": list(task_types)}
-        ).execute()
+    async def counts(self, endpoint_id: str, task_types: Sequence[str],
+                     backlog_types: Sequence[str] = ()) -> QueueCounts:
+        response = await self._client.rpc("scaler_queue_counts", {
+            "p_endpoint_id": endpoint_id, "p_task_types": list(task_types), "p_backlog_types": list(backlog_types),
+        }).execute()
         rows = TypeAdapter(list[QueueCounts]).validate_python(response.data or [])
         return rows[0] if rows else QueueCounts(queued_ready=0, queued_waiting=0, in_progress=0)
 
@@ -148,6 +152,8 @@ def decision_row(result: PassResult) -> dict[str, Any]:
         workers_running=d.load.workers_running,
         workload=d.load.workload,
         busy=d.load.busy,
+        backlog_queued=result.queue.backlog_queued if result.queue else None,
+        backlog_in_progress=d.load.backlog_in_progress,
         desired_min=d.desired.min,
         desired_max=d.desired.max,
         target_min=d.target.min,
@@ -222,7 +228,7 @@ class Scaler:
         state = self._state[endpoint.endpoint_id]
         try:
             queue, health = await asyncio.gather(
-                self._queue.counts(endpoint.endpoint_id, endpoint.task_types),
+                self._queue.counts(endpoint.endpoint_id, endpoint.task_types, endpoint.backlog_task_types),
                 self._health.health(endpoint.endpoint_id),
             )
             health_model = RunpodHealth.model_validate(health)
@@ -242,6 +248,7 @@ class Scaler:
             runpod_in_progress=health_model.jobs.inProgress,
             workers_idle=health_model.workers.idle,
             workers_running=health_model.workers.running,
+            backlog_in_progress=queue.backlog_in_progress,
         )
         previous_since = state.lowering_since
         decision = decide(endpoint.endpoint_id, endpoint.rule, load, state.current, previous_since, self._clock())
@@ -302,6 +309,8 @@ def describe(result: PassResult) -> str:
         f"workers_running={d.load.workers_running}",
         f"workload={d.load.workload}",
         f"busy={d.load.busy}",
+        f"backlog_queued={q.backlog_queued if q else 0}",
+        f"backlog_in_progress={d.load.backlog_in_progress}",
         f"current={_limits(d.current)}",
         f"desired={_limits(d.desired)}",
         f"target={_limits(d.target)}",

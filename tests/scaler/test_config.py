@@ -41,6 +41,14 @@ def test_routes_sharing_an_endpoint_are_one_endpoint_with_all_their_types(tmp_pa
     assert [(e.endpoint_id, e.task_types) for e in settings.endpoints] == [("EPA", ("comfy", "vace"))]
 
 
+def test_low_priority_routes_are_backlog_types(tmp_path):
+    routes = {"routes": [{"endpoint_id": "EPA", "task_types": ["comfy"]},
+                         {"endpoint_id": "EPA", "task_types": ["t2v"], "low_priority": True}]}
+    env = {k: v for k, v in BASE.items() if k != "DISPATCHER_ROUTES"}
+    [epa] = ScalerSettings.from_env({**env, "DISPATCHER_ROUTES_FILE": rules_file(tmp_path, routes)}).endpoints
+    assert (epa.task_types, epa.backlog_task_types) == (("comfy",), ("t2v",))
+
+
 def test_env_sets_every_endpoint_and_the_file_overrides_per_endpoint(tmp_path):
     path = rules_file(tmp_path, {"defaults": {"keep_idle": 1},
                                  "endpoints": {"EPB": {"max_workers": 8, "scale_down_grace_s": 10}}})

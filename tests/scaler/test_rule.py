@@ -38,6 +38,14 @@ def test_runpod_jobs_from_other_clients_count_but_ours_are_not_counted_twice():
     assert desired_limits(RULE, load(queued=1, in_progress=2, rp_queue=4, rp_progress=2)).min == 7
 
 
+def test_backlog_jobs_in_runpods_counts_are_not_workload():
+    # RunPod has 5 jobs: 2 of ours that scale, 3 low-priority backlog ones.
+    busy_backlog = EndpointLoad(queued=0, in_progress=2, runpod_in_queue=4, runpod_in_progress=1,
+                                workers_idle=0, workers_running=1, backlog_in_progress=3)
+    assert busy_backlog.workload == 2
+    assert desired_limits(RULE, busy_backlog).min == 2
+
+
 def test_max_workers_caps_the_minimum():
     assert desired_limits(RULE, load(queued=50)).min == 10
 

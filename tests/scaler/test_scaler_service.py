@@ -129,6 +129,26 @@ def test_each_endpoint_is_sized_from_its_own_task_types(db, emulator, management
     asyncio.run(scenario())
 
 
+def test_low_priority_backlog_does_not_make_the_endpoint_scale(db, emulator, management, clock):
+    management.add_endpoint("EPA", workers_min=0, workers_max=4)
+    scaled = ScaledEndpoint(endpoint_id="EPA", task_types=("comfy",), backlog_task_types=("t2v",),
+                            rule=ScalingRule(max_workers=4))
+
+    async def scenario() -> None:
+        async with scaler_for(db, emulator, clock, [scaled]) as (scaler, store, runpod, results):
+            for _ in range(5):
+                db.insert_task("t2v")
+            await dispatch(store, runpod, "EPA", ["t2v"], 3)  # 3 backlog jobs in RunPod's queue
+            await scaler.run_pass()
+            assert results[-1].outcome == "unchanged" and results[-1].decision.load.workload == 0
+            assert "backlog_queued=2 backlog_in_progress=3" in describe(results[-1])
+            db.insert_task("comfy")
+            await scaler.run_pass()
+            assert patched(management) == [(1, 4)]
+
+    asyncio.run(scenario())
+
+
 def test_min_and_max_limits_are_respected(db, emulator, management, clock):
     management.add_endpoint("EPA")
 

@@ -11,8 +11,8 @@ from postgrest.exceptions import APIError
 from supabase import acreate_client
 
 
-def counts(db, endpoint_id="EPA", task_types=("comfy",)):
-    return db.sql("select * from scaler_queue_counts(%s, %s)", (endpoint_id, list(task_types)))[0]
+def counts(db, endpoint_id="EPA", task_types=("comfy",), backlog_types=()):
+    return db.sql("select * from scaler_queue_counts(%s, %s, %s)", (endpoint_id, list(task_types), list(backlog_types)))[0]
 
 
 def test_queue_counts_split_ready_backoff_and_in_progress_by_endpoint(db):
@@ -23,9 +23,19 @@ def test_queue_counts_split_ready_backoff_and_in_progress_by_endpoint(db):
     db.insert_task("comfy", status="complete")
     db.insert_task("comfy", status="in_progress", endpoint_id="EPA")
     db.insert_task("comfy", status="in_progress", endpoint_id="EPOLD")  # sent before a routing change
-    assert counts(db) == {"queued_ready": 2, "queued_waiting": 1, "in_progress": 1}
-    assert counts(db, "EPB", ("vace", "flux")) == {"queued_ready": 1, "queued_waiting": 0, "in_progress": 0}
-    assert counts(db, "EPX", ()) == {"queued_ready": 0, "queued_waiting": 0, "in_progress": 0}
+    assert counts(db) == {"queued_ready": 2, "queued_waiting": 1, "in_progress": 1, "backlog_queued": 0, "backlog_in_progress": 0}
+    assert counts(db, "EPB", ("vace", "flux")) == {"queued_ready": 1, "queued_waiting": 0, "in_progress": 0, "backlog_queued": 0, "backlog_in_progress": 0}
+    assert counts(db, "EPX", ()) == {"queued_ready": 0, "queued_waiting": 0, "in_progress": 0, "backlog_queued": 0, "backlog_in_progress": 0}
+
+
+def test_backlog_types_are_counted_apart(db):
+    db.insert_task("comfy")
+    db.insert_task("t2v")
+    db.insert_task("t2v")
+    db.insert_task("t2v", status="in_progress", endpoint_id="EPA")
+    db.insert_task("comfy", status="in_progress", endpoint_id="EPA")
+    assert counts(db, "EPA", ("comfy",), ("t2v",)) == {
+        "queued_ready": 1, "queued_waiting": 0, "in_progress": 1, "backlog_queued": 2, "backlog_in_progress": 1}
 
 
 def test_recording_decisions_keeps_the_latest_and_counts_changes_and_failures(db):
@@ -68,4 +78,4 @@ def test_through_the_api_only_the_service_role_key_may_read_the_queue_counts(db)
         with pytest.raises(APIError) as info:
             asyncio.run(call(key))
         assert info.value.code == "42501"
-    assert asyncio.run(call(db.service_key)).data == [{"queued_ready": 1, "queued_waiting": 0, "in_progress": 0}]
+    assert asyncio.run(call(db.service_key)).data == [{"queued_ready": 1, "queued_waiting": 0, "in_progress": 0, "backlog_queued": 0, "backlog_in_progress": 0}]

@@ -8,9 +8,17 @@
 -- The queue of one RunPod endpoint: tasks of the types routed to it that are still queued
 -- (ready now, or waiting out a retry backoff) and the tasks in progress on it. In-progress
 -- tasks are counted by the endpoint they were sent to, so a routing change does not
--- forget work that is still running there.
-create or replace function public.scaler_queue_counts(p_endpoint_id text, p_task_types text[])
-returns table (queued_ready bigint, queued_waiting bigint, in_progress bigint)
+-- forget work that is still running there. Backlog types (routes submitted with RunPod's
+-- lowPriority) are counted apart: they must not make the endpoint scale.
+create or replace function public.scaler_queue_counts(
+    p_endpoint_id   text,
+    p_task_types    text[],
+    p_backlog_types text[] default '{}'
+)
+returns table (
+    queued_ready bigint, queued_waiting bigint, in_progress bigint,
+    backlog_queued bigint, backlog_in_progress bigint
+)
 language sql
 stable
 set search_path = public
@@ -21,11 +29,17 @@ as $$
         (select count(*) from tasks t
           where t.status = 'queued' and t.task_type = any(p_task_types) and t.run_after > now()),
         (select count(*) from tasks t
-          where t.status = 'in_progress' and t.endpoint_id = p_endpoint_id)
+          where t.status = 'in_progress' and t.endpoint_id = p_endpoint_id
+            and not (t.task_type = any(coalesce(p_backlog_types, '{}')))),
+        (select count(*) from tasks t
+          where t.status = 'queued' and t.task_type = any(coalesce(p_backlog_types, '{}'))),
+        (select count(*) from tasks t
+          where t.status = 'in_progress' and t.endpoint_id = p_endpoint_id
+            and t.task_type = any(coalesce(p_backlog_types, '{}')))
 $$;
 
-comment on function public.scaler_queue_counts(text, text[]) is
-    'Queued (ready / in backoff) and in-progress task counts of one RunPod endpoint, for the scaler.';
+comment on function public.scaler_queue_counts(text, text[], text[]) is
+    'Queued (ready / in backoff) and in-progress task counts of one RunPod endpoint, backlog apart, for the scaler.';
 
 -- The scaler's latest decision per endpoint, written by the scaler every pass (not in a dry
 -- run) and read by the dispatcher's /metrics, so a scrape of any dispatcher shows what the
@@ -45,6 +59,8 @@ create table if not exists public.scaler_decisions (
     workers_running    integer,
     workload           integer,
     busy               integer,
+    backlog_queued      integer,        -- low-priority (backlog) tasks: never a reason to scale
+    backlog_in_progress integer,
     desired_min        integer,         -- what the rule wants, before the grace period
     desired_max        integer,
     target_min         integer,         -- what was (to be) set this pass
@@ -71,11 +87,11 @@ as $$
     insert into scaler_decisions as d (
         endpoint_id, decided_at, outcome, reason, error, queued, queued_in_backoff, in_progress,
         runpod_in_queue, runpod_in_progress, workers_idle, workers_running, workload, busy,
-        desired_min, desired_max, target_min, target_max, applied_min, applied_max,
+        backlog_queued, backlog_in_progress, desired_min, desired_max, target_min, target_max, applied_min, applied_max,
         scale_down_pending, changes_total, failures_total)
     select p_endpoint_id, now(), r.outcome, r.reason, r.error, r.queued, r.queued_in_backoff, r.in_progress,
            r.runpod_in_queue, r.runpod_in_progress, r.workers_idle, r.workers_running, r.workload, r.busy,
-           r.desired_min, r.desired_max, r.target_min, r.target_max, r.applied_min, r.applied_max,
+           r.backlog_queued, r.backlog_in_progress, r.desired_min, r.desired_max, r.target_min, r.target_max, r.applied_min, r.applied_max,
            coalesce(r.scale_down_pending, false),
            (r.outcome = 'applied')::int,
            (r.outcome in ('apply_failed', 'observe_failed'))::int
@@ -93,6 +109,8 @@ as $$
         workers_running = coalesce(excluded.workers_running, d.workers_running),
         workload = coalesce(excluded.workload, d.workload),
         busy = coalesce(excluded.busy, d.busy),
+        backlog_queued = coalesce(excluded.backlog_queued, d.backlog_queued),
+        backlog_in_progress = coalesce(excluded.backlog_in_progress, d.backlog_in_progress),
         desired_min = coalesce(excluded.desired_min, d.desired_min),
         desired_max = coalesce(excluded.desired_max, d.desired_max),
         target_min = coalesce(excluded.target_min, d.target_min),
