@@ -28,7 +28,7 @@ from supabase_sync.webhooks import webhook_url
 
 log = logging.getLogger("supabase_sync.dispatcher")
 
-SUBMIT_CONCURRENCY = 64
+SUBMIT_CONCURRENCY = 16  # /run calls in flight per dispatcher; RunPod allows 200 concurrent per endpoint
 # /run answered 401/403/404: the dispatcher's configuration is wrong, not the task.
 CONFIG_ERROR_CODES = frozenset({401, 403, 404})
 

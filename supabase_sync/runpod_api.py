@@ -75,7 +75,7 @@ class RunPodClient:
     """One keep-alive connection pool to RunPod's endpoint API."""
 
     def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, retry: RetryPolicy | None = None,
-                 timeout_s: float = 30.0, max_connections: int = 50,
+                 timeout_s: float = 30.0, max_connections: int = 16,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.retry = retry or RetryPolicy()
         self._http = httpx.AsyncClient(

@@ -412,3 +412,29 @@ def test_health_metrics_and_the_dispatchers_own_heartbeat(db, emulator):
     [me] = db.sql("select * from workers where id = %s", (settings.dispatcher_id,))
     assert me["status"] == "stopped"  # said goodbye on shutdown
     assert me["metadata"]["kind"] == "dispatcher"
+
+
+def test_the_pg_net_trigger_wakes_the_dispatcher_on_insert(db, emulator):
+    from supabase_sync.migrations import MIGRATIONS_DIR, OPTIONAL_TRIGGER
+    from tests.dispatcher.pg_net_double import PgNetBridge
+    from tests.dispatcher.pgcluster import PG_NET_STUB_SQL
+
+    db.sql(PG_NET_STUB_SQL)
+    applied = db.cluster.psql_file(MIGRATIONS_DIR / OPTIONAL_TRIGGER, dbname=db.name)
+    assert applied.returncode == 0, applied.stderr
+    settings = make_settings(db, emulator, POLL_INTERVAL="30")  # the poll cannot be what finds it
+    db.sql("insert into dispatcher_wakeup (url, secret) values (%s, %s)",
+           (f"http://127.0.0.1:{settings.listen_port}/hooks/supabase", TRIGGER_SECRET))
+    bridge = PgNetBridge(db.dsn).start()
+
+    async def scenario() -> None:
+        async with running(settings):
+            await asyncio.sleep(0.3)
+            task_id = db.insert_task("comfy", SEED_PARAMS)
+            await wait_for(lambda: emulator.submissions_for(task_id), timeout_s=3, what="submitted after the trigger")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        bridge.stop()
+    assert bridge.sent >= 1 and bridge.failed == 0

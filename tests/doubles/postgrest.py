@@ -218,6 +218,10 @@ def _pg_error(exc: psycopg.Error) -> dict[str, Any]:
 class _RpcHandler(BaseHTTPRequestHandler):
     owner: PostgrestDouble
     protocol_version = "HTTP/1.1"
+    # One buffered write per response and no Nagle: otherwise headers and body go out as
+    # two small segments and a keep-alive client waits ~40 ms for the delayed ACK.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests print on failure
         pass

@@ -58,6 +58,7 @@ class EmulatedJob:
     error: Any = None
     worker_id: str | None = None
     created_at: float = field(default_factory=time.monotonic)
+    submitted_wall: float = field(default_factory=time.time)  # for latency measurements across processes
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -106,7 +107,7 @@ class RunPodEmulator:
         self._stop_requests: dict[str, set[str]] = {}  # worker id -> job ids to stop
         self._config = uvicorn.Config(
             Starlette(routes=self.routes()), host=host, port=port, log_level="warning",
-            lifespan="on", loop="asyncio", http="h11", access_log=False, timeout_keep_alive=30,
+            lifespan="on", loop="asyncio", http="httptools", access_log=False, timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
