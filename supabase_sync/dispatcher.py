@@ -73,7 +73,7 @@ class Dispatcher:
         jobs = [(task.task_id, task.lease_token, job_id) for task, job_id in zip(claimed, results) if job_id]
         if not jobs:
             return 0
-        outcomes = await self.store.attach_runpod_jobs(jobs, self.settings.status_check_s)
+        outcomes = await self._attach(jobs)
         for outcome in outcomes:
             if outcome.outcome != "applied":
                 # The claim was lost meanwhile (lease expired, cancelled): the job runs but its
@@ -83,6 +83,21 @@ class Dispatcher:
                 await self._cancel_quietly(route.endpoint_id, job_id)
         self.metrics.outcome("submitted", len(jobs))
         return len(jobs)
+
+    async def _attach(self, jobs: list[tuple[UUID, UUID, str]]) -> list[Any]:
+        # The jobs exist on RunPod now: losing their ids would get the tasks submitted again
+        # once the claim lease expires, so keep trying for most of that lease.
+        deadline = time.monotonic() + self.settings.claim_lease_s * 0.8
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.attach_runpod_jobs(jobs, self.settings.status_check_s)
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("recording %d RunPod job ids failed, retrying in %.1fs: %s", len(jobs), delay, exc)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 5.0)
 
     async def _submit(self, route: Route, task: ClaimedTask) -> str | None:
         """POST /run for one claimed task; on failure the task is failed or released here."""

@@ -438,3 +438,20 @@ def test_the_pg_net_trigger_wakes_the_dispatcher_on_insert(db, emulator):
     finally:
         bridge.stop()
     assert bridge.sent >= 1 and bridge.failed == 0
+
+
+def test_job_ids_are_recorded_even_when_supabase_fails_for_a_while_after_run(db, emulator):
+    task_id = db.insert_task("comfy", SEED_PARAMS)
+    db.postgrest.fail_next("attach_runpod_jobs", 3)  # /run succeeded; recording its job id does not, 3 times
+    settings = make_settings(db, emulator, CLAIM_LEASE_S="10", STATUS_CHECK_INTERVAL="60")
+
+    async def scenario() -> None:
+        async with running(settings):
+            job_id = await wait_for(lambda: db.task(task_id)["runpod_job_id"], what="job id recorded")
+            emulator.take_job(ENDPOINT)
+            emulator.finish_job(job_id, output={"outputs": [{"url": "https://cdn.test/r.png"}]})
+            await wait_for(lambda: status_of(db, task_id) == "complete", what="complete")
+
+    asyncio.run(scenario())
+    assert len(emulator.submissions_for(task_id)) == 1
+    assert db.task(task_id)["attempts"] == 1

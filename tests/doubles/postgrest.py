@@ -81,6 +81,7 @@ class PostgrestDouble:
         self._local = threading.local()
         self._connections: list[psycopg.Connection] = []
         self.calls = 0
+        self._failures: dict[str, int] = {}  # function -> how many calls still to fail with 503
         double = self
 
         class Handler(_RpcHandler):
@@ -109,6 +110,19 @@ class PostgrestDouble:
                 conn.close()
             except Exception:
                 pass
+
+    def fail_next(self, function: str, count: int) -> None:
+        """Answer the next `count` calls of `function` with 503, as an overloaded PostgREST or
+        a connection-pool timeout would (the database is not touched)."""
+        with self._functions_lock:
+            self._failures[function] = count
+
+    def _take_failure(self, function: str) -> bool:
+        with self._functions_lock:
+            if self._failures.get(function, 0) > 0:
+                self._failures[function] -= 1
+                return True
+        return False
 
     def reload_schema(self) -> None:
         """Forget the function signatures (PostgREST's schema cache reload)."""
@@ -269,6 +283,10 @@ class _RpcHandler(BaseHTTPRequestHandler):
                               "details": None, "hint": None})
             return
         schema = self.headers.get("Content-Profile") or "public"
+        if self.owner._take_failure(path[len(prefix):]):
+            self._reply(503, {"code": "PGRST000", "message": "Database client error. Retrying the connection.",
+                              "details": "injected by the test", "hint": None})
+            return
         status, body = self.owner.call(role, claims, schema, path[len(prefix):], args)
         self._reply(status, body)
 
