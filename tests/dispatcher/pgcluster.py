@@ -55,6 +55,18 @@ $$;
 """
 
 
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server program: from PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if candidates:
+        return str(candidates[-1])
+    raise RuntimeError(f"PostgreSQL's {name} was not found on PATH or in /usr/lib/postgresql/*/bin: "
+                       "install the server (Debian: apt-get install postgresql-15)")
+
+
 def _free_port() -> int:
     import socket
 
@@ -89,7 +101,7 @@ class PgCluster:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(
-            self._as_owner(["initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
+            self._as_owner([pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
             check=True, capture_output=True,
         )
         opts = [
@@ -100,7 +112,7 @@ class PgCluster:
             # a test cluster lives for minutes: durability only costs time here
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         subprocess.run(
-            self._as_owner(["pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "log"), "-w", "-t", "30",
+            self._as_owner([pg_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.root / "log"), "-w", "-t", "30",
                             "-o", " ".join(opts), "start"]),
             check=True, capture_output=True,
         )
@@ -112,7 +124,7 @@ class PgCluster:
     def psql_file(self, path: Path, dbname: str = "postgres") -> subprocess.CompletedProcess:
         """Apply one SQL file as a user would: psql, stop at the first error."""
         return subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(dbname=dbname), "-f", str(path)],
+            [pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(dbname=dbname), "-f", str(path)],
             capture_output=True, text=True,
         )
 
@@ -135,7 +147,7 @@ class PgCluster:
     def stop(self) -> None:
         if self._started:
             subprocess.run(
-                self._as_owner(["pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"]), capture_output=True
+                self._as_owner([pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"]), capture_output=True
             )
             self._started = False
         shutil.rmtree(self.root, ignore_errors=True)

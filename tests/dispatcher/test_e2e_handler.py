@@ -1,5 +1,6 @@
 """End to end: the seed's INSERT -> dispatcher -> RunPod emulator -> the REAL handler.py in
-RunPod platform mode (job-take / job-done) -> a real CPU ComfyUI -> the row complete; then
+RunPod platform mode (job-take / job-done) -> a real CPU ComfyUI -> outputs uploaded to an
+S3-protocol server (moto) -> the row complete with output_url; then
 the seed's monitoring queries show the task and the worker."""
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
+from supabase_sync.config import OutputDelivery, Route, RoutingTable
 from tests.comfy_env import free_port, make_comfy_copy, worker_env
-from tests.dispatcher.harness import ENDPOINT, ROOT, make_settings, running, wait_for
+from tests.dispatcher.harness import ENDPOINT, ROOT, make_settings, running, wait_for, wait_for_sync
 from tests.dispatcher.test_schema import SEED_OUTPUT_QUERY, SEED_TASKS_QUERY, SEED_WORKERS_QUERY
 
 pytestmark = pytest.mark.comfy
@@ -35,17 +38,49 @@ RETURNING task_id;
 """
 
 
-def test_a_seed_task_runs_on_the_real_handler_and_comfyui(db, emulator, tmp_path):
+@pytest.fixture()
+def s3_server(tmp_path):
+    """A real S3-protocol server on loopback (moto), with an `outputs` bucket."""
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_sync(lambda: _answers(url), timeout_s=30, what="moto_server")
+        boto3.client("s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test",
+                     region_name="us-east-1").create_bucket(Bucket="outputs")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_seed_task_runs_on_the_real_handler_and_comfyui(db, emulator, s3_server, tmp_path):
     comfy_path = make_comfy_copy(tmp_path / "ComfyUI")
     env = worker_env(
         comfy_path, free_port(), **emulator.worker_env(ENDPOINT, "pod-e2e"),
         SUPABASE_URL=db.url, SUPABASE_SERVICE_ROLE_KEY=db.service_key, HEARTBEAT_INTERVAL="0.5",
+        BUCKET_ENDPOINT_URL=s3_server, BUCKET_ACCESS_KEY_ID="test", BUCKET_SECRET_ACCESS_KEY="test",
+        ALLOW_PRIVATE_URLS="true",
     )
     log_path = tmp_path / "handler.log"
     with open(log_path, "wb") as log:
         handler = subprocess.Popen([sys.executable, "-u", "handler.py"], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
-    settings = make_settings(db, emulator, STATUS_CHECK_INTERVAL="2")
+    # the route tells the worker to upload outputs to the bucket under tasks/<task_id>/
+    routing = RoutingTable(routes=[Route(endpoint_id=ENDPOINT, task_types=["comfy"],
+                                         output=OutputDelivery(mode="s3", bucket="outputs", prefix="tasks"))])
+    settings = make_settings(db, emulator, routing=routing, STATUS_CHECK_INTERVAL="2")
     task_id = str(db.sql(SEED_STYLE_INSERT % 1234567)[0]["task_id"])
 
     async def scenario() -> None:
@@ -67,13 +102,16 @@ def test_a_seed_task_runs_on_the_real_handler_and_comfyui(db, emulator, tmp_path
 
     [job] = emulator.submissions_for(task_id)
     assert job.input["task_id"] == task_id and job.worker_id == "pod-e2e"
+    assert job.input["output"] == {"mode": "s3", "bucket": "outputs", "prefix": f"tasks/{task_id}"}
     output = row["result"]["output"]
     [image] = [o for o in output["outputs"] if o["node_id"] == "3"]
     assert image["filename"].startswith("out") and image["content_type"] == "image/png"
-    assert (comfy_path / "output" / image["subfolder"] / image["filename"]).exists()
     assert row["runpod_job_id"] == job.id
-    # Inline delivery (no storage upload configured on this worker): no file URL to point at.
-    assert row["output_url"] == (image.get("url") or None)
+    # output_url is the primary output's URL, and it serves the stored PNG
+    assert row["output_url"] == image["url"]
+    stored = httpx.get(row["output_url"], timeout=10)
+    assert stored.status_code == 200 and stored.content.startswith(b"\x89PNG")
+    assert f"tasks/{task_id}/" in row["output_url"]
     # The seed's monitoring queries, unchanged
     tasks = db.sql(SEED_TASKS_QUERY)
     assert [(str(t["task_id"]), t["status"]) for t in tasks] == [(task_id, "complete")]
