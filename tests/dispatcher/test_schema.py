@@ -269,3 +269,19 @@ def test_the_pg_net_trigger_migration_applies_and_sends_a_wake_up_after_commit(d
     assert request["body"]["task_id"] == task_id and request["body"]["type"] == "INSERT"
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         _as_role(db, "anon", "select * from dispatcher_wakeup")
+
+
+def test_the_headless_wan2gp_view_shows_tasks_in_production_names(db):
+    applied = db.cluster.psql_file(MIGRATIONS_DIR.parent / "compat" / "headless_wan2gp_view.sql", dbname=db.name)
+    assert applied.returncode == 0, applied.stderr
+    ok, bad = db.insert_task(), db.insert_task("vace")
+    rows = {str(r["task_id"]): r for r in claim(db, types=("comfy", "vace"))}
+    db.sql("select complete_task(%s, %s, 'j1', 'https://cdn/x.mp4', '{}')", (ok, rows[ok]["lease_token"]))
+    db.sql("select fail_task(%s, %s, 'j2', 'CUDA out of memory', false)", (bad, rows[bad]["lease_token"]))
+    view = {str(r["id"]): r for r in db.sql("select * from tasks_wan2gp")}
+    assert (view[ok]["status"], view[ok]["output_location"], view[ok]["worker_id"]) == ("Complete", "https://cdn/x.mp4", "d1")
+    assert (view[bad]["status"], view[bad]["output_location"]) == ("Failed", "CUDA out of memory")
+    assert view[ok]["generation_processed_at"] is not None
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _as_role(db, "anon", "select * from tasks_wan2gp")
+    assert len(_as_role(db, "service_role", "select * from tasks_wan2gp")) == 2
