@@ -1,27 +1,147 @@
-"""Hand the outputs back in the job result.
+"""Hand the outputs back in the job result: inline, or uploaded to S3 or Supabase Storage.
 
 Inline delivery: every file as base64, in worker-comfyui's `images` list (every file,
 not only images, so its clients keep working) and in the richer `outputs` list.
+Storage delivery: every file uploaded (comfy.storage); `outputs` entries carry url,
+storage_path, bucket, size_bytes, sha256 and content_type, `images` entries the URL.
+Either every file is delivered or the job fails: a failed upload takes back the files
+already uploaded for the job and fails it with an error naming the file and destination.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pybase64
 
+from comfy.errors import OutputError
+from comfy.job_input import OutputRequest
+from comfy.media_settings import MediaSettings
 from comfy.outputs import OutputFile, OutputKind
+from comfy.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
+from comfy.url_safety import check_url
 
 
-def deliver_inline(files: list[OutputFile]) -> dict[str, Any]:
-    """The result's `images` and `outputs` with file contents inline."""
+def deliver_inline(files: list[OutputFile], max_bytes: int | None = None, storage_hint: str = "") -> dict[str, Any]:
+    """The result's `images` and `outputs` with file contents inline.
+
+    Over `max_bytes` (all files together) nothing is read and OutputError says how to
+    configure storage instead.
+    """
+    if max_bytes is not None:
+        total = sum(f.size_bytes or 0 for f in files if f.kind is not OutputKind.TEXT)
+        if total > max_bytes:
+            raise OutputError(
+                f"outputs are {total} bytes, over INLINE_MAX_BYTES ({max_bytes}) for inline delivery; "
+                + (storage_hint or "configure storage: set output.mode to 's3' (BUCKET_ENDPOINT_URL, "
+                   "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY, or per-request output credentials) or 'supabase' "
+                   "(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_STORAGE_BUCKET)"),
+                details={"total_bytes": total, "inline_max_bytes": max_bytes},
+            )
     images: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
     for item in files:
         entry = item.model_dump(mode="json", exclude_none=True)
         if item.kind is not OutputKind.TEXT and item.path is not None:
-            data = pybase64.b64encode_as_string(item.path.read_bytes())
+            raw = item.path.read_bytes()
+            data = pybase64.b64encode_as_string(raw)
             entry["data"] = data
+            entry["sha256"] = hashlib.sha256(raw).hexdigest()
             images.append({"filename": item.filename, "type": "base64", "data": data})
         outputs.append(entry)
+    return {"images": images, "outputs": outputs}
+
+
+def deliver(files: list[OutputFile], request: OutputRequest, media: MediaSettings, job_key: str) -> dict[str, Any]:
+    """Deliver every file the way the job (or the environment) asks."""
+    mode = request.mode or media.default_output_mode()
+    if mode == "inline":
+        hint = ""
+        if media.s3_configured or media.supabase_configured:
+            configured = "supabase" if media.supabase_configured else "s3"
+            hint = f"storage is configured: ask for it with output.mode '{configured}' (or unset OUTPUT_MODE=inline)"
+        return deliver_inline(files, media.inline_max_bytes, hint)
+    uploader = make_uploader(mode, request, media)
+    return deliver_to_storage(files, uploader, storage_prefix(request, media, job_key), mode)
+
+
+def storage_prefix(request: OutputRequest, media: MediaSettings, job_key: str) -> str:
+    """The job's own prefix, or OUTPUT_PREFIX + `<task or job id>/` (keys never collide across jobs)."""
+    if request.prefix is not None:
+        return request.prefix
+    base = (media.storage_prefix or "").strip("/")
+    return f"{base}/{job_key}/" if base else f"{job_key}/"
+
+
+def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Uploader:
+    """The uploader for `mode`, from the job's output settings over the environment's."""
+    expiry = request.url_expiry_s or media.url_expiry_s
+    if mode == "s3":
+        endpoint = request.endpoint_url or media.s3_endpoint_url
+        if request.endpoint_url:
+            # A job-supplied endpoint is a URL the worker will send data to: same checks as inputs.
+            check_url(request.endpoint_url, allow_private=media.allow_private_urls)
+        key_id = request.access_key_id or media.s3_access_key_id
+        secret = request.secret_access_key or media.s3_secret_access_key
+        if not (endpoint or request.bucket or media.s3_bucket) or not (key_id and secret):
+            raise OutputError(
+                "output mode 's3' has no bucket or credentials: set BUCKET_ENDPOINT_URL, BUCKET_ACCESS_KEY_ID and "
+                "BUCKET_SECRET_ACCESS_KEY, or give output.endpoint_url, bucket, access_key_id and secret_access_key"
+            )
+        target = S3Target.from_endpoint(
+            endpoint, request.bucket or (None if request.endpoint_url else media.s3_bucket),
+            access_key_id=key_id, secret_access_key=secret, region=request.region or media.s3_region,
+        )
+        return S3Uploader(target, expiry, media.multipart_chunk_bytes, media.upload_concurrency,
+                          media.upload_retries, media.retry_backoff_s)
+    bucket = request.bucket or media.supabase_bucket
+    if not (media.supabase_url and media.supabase_service_role_key and bucket):
+        raise OutputError(
+            "output mode 'supabase' is not configured: set SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY and "
+            "SUPABASE_STORAGE_BUCKET (or output.bucket)"
+        )
+    s3_route = None
+    if media.supabase_s3_access_key_id and media.supabase_s3_secret_access_key:
+        s3_route = SupabaseUploader.s3_route(
+            media.supabase_url, media.supabase_s3_endpoint_url, media.supabase_s3_access_key_id,
+            media.supabase_s3_secret_access_key, media.supabase_s3_region, bucket,
+            media.multipart_chunk_bytes, media.upload_concurrency, media.upload_retries, media.retry_backoff_s,
+        )
+    public = request.public if request.public is not None else media.supabase_public
+    return SupabaseUploader(
+        media.supabase_url, media.supabase_service_role_key, bucket, public, expiry,
+        media.upload_retries, media.retry_backoff_s, media.supabase_standard_upload_max_bytes, s3_route,
+    )
+
+
+def deliver_to_storage(files: list[OutputFile], uploader: Uploader, prefix: str, mode: str) -> dict[str, Any]:
+    """Upload every file; on any failure remove what was uploaded and raise UploadFailed."""
+    images: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    uploaded: list[StoredFile] = []
+    try:
+        for item in files:
+            entry = item.model_dump(mode="json", exclude_none=True)
+            if item.kind is not OutputKind.TEXT and item.path is not None:
+                key = prefix + (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
+                content_type = item.content_type or "application/octet-stream"
+                try:
+                    stored = uploader.upload(item.path, key, content_type)
+                except UploadFailed as exc:
+                    exc.details = {**(exc.details or {}), "file": item.filename, "destination": uploader.destination}
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a client library's own error: still name file and place
+                    raise UploadFailed(
+                        f"uploading output {item.filename!r} to {uploader.destination} failed: {type(exc).__name__}: {exc}",
+                        details={"file": item.filename, "destination": uploader.destination},
+                    ) from exc
+                uploaded.append(stored)
+                entry.update(stored.model_dump(mode="json"))
+                images.append({"filename": item.filename, "type": f"{mode}_url", "data": stored.url})
+            outputs.append(entry)
+    except BaseException:
+        for stored in uploaded:  # never a partial success: take back this job's uploads
+            uploader.delete(stored.storage_path)
+        raise
     return {"images": images, "outputs": outputs}

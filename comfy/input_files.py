@@ -2,19 +2,31 @@
 
 With ComfyUI's folder on this machine (COMFY_PATH, also in attach mode) files are written
 straight into its input/ folder; otherwise they go through POST /upload/image.
+
+`inputs` entries (URL, base64, data URI) get a name unique to the job
+(`in-<12 hex>-<index>-<name>`), so consecutive and concurrent jobs never overwrite each
+other's files, and that name is written into `workflow[node].inputs[field]`.
 """
 
 from __future__ import annotations
 
 import logging
+import mimetypes
 import os
+import re
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from comfy.client import ComfyClient
+from comfy.downloads import InputTooLarge, download_to_file
 from comfy.errors import InvalidJobInput
-from comfy.job_input import JobInput
+from comfy.job_input import JobInput, MediaInput, decode_base64_payload
+from comfy.media_settings import MediaSettings
 from comfy.settings import WorkerSettings
 
 log = logging.getLogger("comfy.inputs")
@@ -67,13 +79,114 @@ def write_input_file(
         client.upload(Path(tmp.name), filename, subfolder=subfolder)
 
 
-def stage_inputs(job: JobInput, settings: WorkerSettings, client: ComfyClient) -> StagedInputs:
-    """Write the job's images (worker-comfyui `images`) under the names the workflow uses."""
+def stage_inputs(
+    job: JobInput, settings: WorkerSettings, client: ComfyClient, media: MediaSettings | None = None
+) -> StagedInputs:
+    """Write the job's images (worker-comfyui `images`) under the names the workflow uses,
+    then fetch its `inputs` and point their nodes' fields at them."""
     staged = StagedInputs()
     try:
         for image in job.images:
             write_input_file(image.name, image.data, settings, client, staged)
+        if job.inputs:
+            media = media or MediaSettings.from_env()
+            check_input_targets(job.inputs, job.workflow, client.object_info())
+            job_tag = uuid.uuid4().hex[:12]
+            for index, item in enumerate(job.inputs):
+                name = stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged)
+                job.workflow[item.node].setdefault("inputs", {})[item.field] = name
     except BaseException:
         staged.cleanup()
         raise
     return staged
+
+
+def check_input_targets(items: list[MediaInput], workflow: dict[str, Any], object_info: dict[str, Any]) -> None:
+    """Every input must name a field its node really has, and one that is not a link."""
+    problems = []
+    for item in items:
+        node = workflow[item.node]
+        class_type = node.get("class_type")
+        info = object_info.get(class_type)
+        current = (node.get("inputs") or {}).get(item.field)
+        if info is None:
+            problems.append(f"node {item.node}: class {class_type!r} is not installed in this ComfyUI")
+            continue
+        declared = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
+        if item.field not in declared and item.field not in (node.get("inputs") or {}):
+            fields = ", ".join(sorted(declared)) or "none"
+            problems.append(f"node {item.node} ({class_type}) has no input {item.field!r} (its inputs: {fields})")
+        elif isinstance(current, list):
+            problems.append(f"node {item.node} ({class_type}) input {item.field!r} is linked to node {current[0]}; "
+                            "a file cannot replace a link")
+    if problems:
+        raise InvalidJobInput("inputs: " + "; ".join(problems), details=[{"field": "inputs", "message": p} for p in problems])
+
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_KIND_EXTENSIONS = {"image": ".png", "video": ".mp4", "audio": ".wav", "file": ".bin"}
+
+
+def _base_name(item: MediaInput, content_type: str | None = None) -> str:
+    """A short, safe file name: the given name, else the URL's last path segment, else by kind."""
+    if item.name:
+        raw = item.name.rsplit("/", 1)[-1]
+    elif item.url:
+        raw = unquote(urlsplit(item.url).path.rsplit("/", 1)[-1])
+    else:
+        raw = ""
+    stem, dot, ext = _UNSAFE_CHARS.sub("_", raw).strip("._-").rpartition(".")
+    if not dot:
+        stem, ext = ext, ""
+    if not ext:
+        guessed = mimetypes.guess_extension((content_type or "").split(";")[0].strip()) if content_type else None
+        ext = (guessed or _KIND_EXTENSIONS.get(item.kind or "file", ".bin")).lstrip(".")
+    return f"{(stem or 'input')[:80]}.{ext[:10]}"
+
+
+def _data_uri_type(value: str) -> str | None:
+    head = value[5:value.find(",")] if "," in value else ""
+    return head.split(";")[0] or None
+
+
+def stage_media_input(
+    item: MediaInput, unique_prefix: str, settings: WorkerSettings, client: ComfyClient,
+    media: MediaSettings, staged: StagedInputs,
+) -> str:
+    """Fetch or decode one input into ComfyUI's input folder; return the name it got."""
+    input_dir = settings.comfy_folder("input")
+    work_dir = Path(tempfile.mkdtemp(prefix="comfy-input-")) if input_dir is None else None
+    try:
+        landing = input_dir if input_dir is not None else work_dir
+        if item.url:
+            temp_target = landing / f"{unique_prefix}download"
+            staged.paths.append(temp_target)  # removed if anything below fails
+            fetched = download_to_file(item.url, temp_target, media)
+            name = unique_prefix + _base_name(item, fetched.content_type)
+            final = landing / name
+            os.replace(fetched.path, final)
+        else:
+            payload = item.base64 if item.base64 is not None else item.data_uri
+            assert payload is not None
+            if len(payload) * 3 // 4 > media.max_input_bytes + 3:  # refuse before decoding
+                raise InputTooLarge(
+                    f"input for node {item.node} field {item.field!r} is larger than MAX_INPUT_BYTES "
+                    f"({media.max_input_bytes} bytes)", details={"limit_bytes": media.max_input_bytes},
+                )
+            try:
+                data = decode_base64_payload(payload)
+            except ValueError as exc:
+                raise InvalidJobInput(f"input for node {item.node} field {item.field!r}: {exc}") from None
+            name = unique_prefix + _base_name(item, _data_uri_type(item.data_uri) if item.data_uri else None)
+            final = landing / name
+            partial = final.with_name(f".{name}.part")
+            partial.write_bytes(data)
+            os.replace(partial, final)
+        if input_dir is not None:
+            staged.paths.append(final)
+        else:
+            client.upload(final, name)
+        return name
+    finally:
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)

@@ -12,14 +12,17 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from comfy.delivery import deliver_inline
+from comfy.delivery import deliver
 from comfy.errors import ComfyUnavailable, JobError, JobTimeout
 from comfy.input_files import stage_inputs
 from comfy.job_input import JobInput, parse_job_input
+from comfy.media_settings import MediaSettings
 from comfy.monitor import Cancelled, DeadlineExceeded
+from comfy.output_cleanup import mark_output_nodes, remove_output_files
 from comfy.outputs import collect_outputs
 from comfy.progress import ProgressReporter
 from comfy.runtime import WorkerRuntime
@@ -72,12 +75,16 @@ def _run(
     started: float,
 ) -> dict[str, Any]:
     settings, client = runtime.settings, runtime.client
+    media = MediaSettings.from_env()  # per job: cheap, and an operator's change applies at once
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
-    staged = stage_inputs(job, settings, client)
+    staged = stage_inputs(job, settings, client, media)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
     try:
         graph = job.workflow
         validate_graph(graph, client.object_info())
+        # Output files are removed after delivery; this keeps a repeated identical job from
+        # being answered from ComfyUI's cache with those removed files (comfy/output_cleanup.py).
+        mark_output_nodes(graph, client.object_info(), uuid.uuid4().hex)
         extra_data = {"api_key_comfy_org": job.comfy_org_api_key} if job.comfy_org_api_key else None
         runtime.events.discard_pending()
         deadline = time.monotonic() + (job.timeout_s or settings.job_timeout_s)
@@ -100,7 +107,10 @@ def _run(
             raise JobCancelled("the job was cancelled; ComfyUI was interrupted", details={"prompt_id": prompt_id}) from None
         fetch_started = time.monotonic()
         files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
-        result = deliver_inline(files)
+        try:
+            result = deliver(files, job.output, media, job.task_id or job_id)
+        finally:
+            remove_output_files(files, settings)
         done = time.monotonic()
         result["prompt_id"] = prompt_id
         result["timings"] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 import pybase64
 
@@ -98,6 +98,104 @@ class ImageInput(BaseModel):
         return self._data
 
 
+class MediaInput(BaseModel):
+    """A file for any node's field: fetched from a URL or decoded from base64 / a data URI.
+
+    The file gets a unique per-job name in ComfyUI's input folder and that name is written
+    into `workflow[node].inputs[field]`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(description="id of the node that loads the file, e.g. a LoadImage or LoadVideo")
+    field: str = Field(min_length=1, max_length=200, description="that node's input, e.g. `image` or `file`")
+    url: str | None = Field(default=None, description="http(s) URL to download")
+    base64: str | None = Field(default=None, repr=False, description="the file as base64")
+    data_uri: str | None = Field(default=None, repr=False, description="the file as a data: URI")
+    name: str | None = Field(default=None, description="file name to keep (made unique per job); default from the URL")
+    kind: Literal["image", "video", "audio", "file"] | None = Field(default=None, description="what the file is")
+
+    @field_validator("node", mode="before")
+    @classmethod
+    def _node_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_file_name(value)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
+            raise ValueError("url must be an http or https URL")
+        return value
+
+    @field_validator("data_uri")
+    @classmethod
+    def _check_data_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("data:"):
+            raise ValueError("data_uri must start with 'data:' (use `base64` for plain base64)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MediaInput":
+        given = [key for key in ("url", "base64", "data_uri") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"input for node {self.node} field {self.field!r}: give exactly one of url, base64, data_uri "
+                f"({'none' if not given else ', '.join(given)} given)"
+            )
+        return self
+
+
+class OutputRequest(BaseModel):
+    """Where this job's output files go; unset fields come from the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["inline", "s3", "supabase"] | None = Field(
+        default=None, description="inline (base64 in the result), s3 or supabase; default from OUTPUT_MODE / env"
+    )
+    prefix: str | None = Field(default=None, max_length=500, description="storage path prefix; default `<task or job id>/`")
+    bucket: str | None = Field(default=None, max_length=255, description="bucket name (s3 or supabase)")
+    url_expiry_s: int | None = Field(default=None, gt=0, le=7 * 24 * 3600, description="lifetime of signed/presigned URLs")
+    public: bool | None = Field(default=None, description="supabase: public URLs instead of signed ones")
+    endpoint_url: str | None = Field(default=None, description="s3: endpoint of an S3-compatible service")
+    access_key_id: str | None = Field(default=None, repr=False, description="s3: per-request credentials")
+    secret_access_key: str | None = Field(default=None, repr=False, description="s3: per-request credentials")
+    region: str | None = Field(default=None, max_length=64, description="s3: region")
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str | None) -> str | None:
+        if value is None or value.strip("/") == "":
+            return value
+        check_file_name(value.strip("/"))
+        return value.strip("/") + "/"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value, re.IGNORECASE):
+            raise ValueError("endpoint_url must be an http or https URL")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> "OutputRequest":
+        s3_only = [k for k in ("endpoint_url", "access_key_id", "secret_access_key", "region") if getattr(self, k)]
+        if s3_only and self.mode != "s3":
+            raise ValueError(f"{', '.join(s3_only)} only apply to mode 's3'")
+        if self.public is not None and self.mode != "supabase":
+            raise ValueError("public only applies to mode 'supabase'")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("access_key_id and secret_access_key go together")
+        if self.mode == "inline" and (self.bucket or self.prefix or self.url_expiry_s):
+            raise ValueError("bucket, prefix and url_expiry_s do not apply to mode 'inline'")
+        return self
+
+
 class JobInput(BaseModel):
     """One job: a ComfyUI workflow in API format and the files it needs."""
 
@@ -111,6 +209,8 @@ class JobInput(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="execution deadline")
     comfy_org_api_key: str | None = Field(default=None, repr=False, description="for Comfy.org API nodes")
     include_temp: bool = Field(default=False, description="also return temp files (PreviewImage)")
+    inputs: list[MediaInput] = Field(default_factory=list, description="files for any node: url, base64 or data URI")
+    output: OutputRequest = Field(default_factory=OutputRequest, description="where output files go")
     task_id: str | None = Field(
         default=None, max_length=200, description="the Supabase task this job runs (set by the dispatcher; for heartbeats and logs)"
     )
@@ -177,6 +277,22 @@ class JobInput(BaseModel):
             raise ValueError("video_node_id is given but video_url is not")
         if self.video_node_id and self.video_node_id not in self.workflow:
             raise ValueError(f"video_node_id {self.video_node_id!r} is not a node of the workflow")
+        if self.video_url and self.video_node_id:
+            # The seed's params are one more input: same download, same checks.
+            self.inputs.append(MediaInput(
+                node=self.video_node_id, field=self.video_input_field, url=self.video_url, kind="video"
+            ))
+        return self
+
+    @model_validator(mode="after")
+    def _inputs_target_nodes(self) -> "JobInput":
+        targets: set[tuple[str, str]] = set()
+        for index, item in enumerate(self.inputs):
+            if item.node not in self.workflow:
+                raise ValueError(f"inputs[{index}]: node {item.node!r} is not a node of the workflow")
+            if (item.node, item.field) in targets:
+                raise ValueError(f"inputs[{index}]: node {item.node!r} field {item.field!r} is given two files")
+            targets.add((item.node, item.field))
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,9 +74,11 @@ def test_python_handler_py_runs_test_input_json_and_exits_0(worker, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Job local_test completed successfully" in done.stdout + done.stderr
+    # The result (logged by the SDK) names both files; they were removed from output/ after delivery.
+    assert re.search(r"'filename': 'inverted_\d+_\.png'", done.stdout + done.stderr)
+    assert re.search(r"'filename': 'video_\d+_\.mp4'", done.stdout + done.stderr)
     output_dir = Path(worker.SETTINGS.comfy_path) / "output" / "test_input"
-    assert any(p.suffix == ".png" for p in output_dir.iterdir())
-    assert any(p.suffix == ".mp4" for p in output_dir.iterdir())
+    assert not any(p.is_file() for p in output_dir.iterdir())
 
 
 def test_python_handler_py_exits_1_on_a_failing_job(worker):

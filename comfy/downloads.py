@@ -1,0 +1,227 @@
+"""Fetch an input file from a URL to disk: streamed, capped, timed out, retried, vetted.
+
+Never holds a file in memory: the body is written in 1 MiB chunks to `<dest>.part` and
+renamed when complete, so ComfyUI never sees half a file. Every hop (the first URL and
+each redirect) goes through comfy.url_safety, and the connection is made to the address
+that was checked (see `_pinned_request`), not to whatever DNS says a moment later.
+
+Retried with exponential backoff: connection failures, timeouts, a connection cut
+mid-body, HTTP 5xx and 429. Not retried: other 4xx, refused URLs, oversize files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from comfy.errors import JobError
+from comfy.media_settings import MediaSettings
+from comfy.url_safety import CheckedURL, IPAddress, check_url
+
+log = logging.getLogger("comfy.downloads")
+
+CHUNK_BYTES = 1024 * 1024
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TRANSIENT_ERRORS = (httpx.TransportError,)  # connect/read/write errors and timeouts, cut connections
+
+
+class DownloadFailed(JobError):
+    """An input URL could not be fetched; the message names the host and the HTTP status."""
+
+    error_type = "input_download"
+
+
+class InputTooLarge(DownloadFailed):
+    """An input is bigger than MAX_INPUT_BYTES."""
+
+    error_type = "input_too_large"
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; carries the error to raise if none succeeds."""
+
+    def __init__(self, error: DownloadFailed) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """What was fetched: where it is on disk, its size, and what the server called it."""
+
+    path: Path
+    size_bytes: int
+    content_type: str | None
+    final_url: str
+    attempts: int
+
+
+def download_to_file(
+    url: str, dest: Path, settings: MediaSettings, client: httpx.Client | None = None
+) -> DownloadedFile:
+    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL) saying what went wrong."""
+    own_client = client is None
+    if client is None:
+        client = new_download_client(settings)
+    deadline = time.monotonic() + settings.download_total_timeout_s
+    try:
+        attempts = settings.download_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                result = _fetch_once(client, url, dest, settings, deadline)
+                return DownloadedFile(result[0], result[1], result[2], result[3], attempt)
+            except _Transient as transient:
+                if attempt == attempts or time.monotonic() >= deadline:
+                    error = transient.error
+                    error.message = f"{error.message} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+                    error.args = (error.message,)
+                    raise error from None
+                wait = settings.retry_backoff_s * 2 ** (attempt - 1)
+                log.warning("download %s: %s; retrying in %.1f s", _host_of(url), transient.error.message, wait)
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+        raise AssertionError("unreachable")
+    finally:
+        if own_client:
+            client.close()
+
+
+def new_download_client(settings: MediaSettings) -> httpx.Client:
+    """An httpx client with the download timeouts; redirects are followed by hand."""
+    timeout = httpx.Timeout(
+        connect=settings.download_connect_timeout_s,
+        read=settings.download_read_timeout_s,
+        write=settings.download_read_timeout_s,
+        pool=settings.download_connect_timeout_s,
+    )
+    return httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": "comfy-serverless-worker"})
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
+
+
+def _fetch_once(
+    client: httpx.Client, url: str, dest: Path, settings: MediaSettings, deadline: float
+) -> tuple[Path, int, str | None, str]:
+    current = url
+    for _hop in range(settings.download_max_redirects + 1):
+        checked = check_url(current, allow_private=settings.allow_private_urls)
+        response = _open(client, checked)
+        try:
+            status = response.status_code
+            if status in _REDIRECTS:
+                location = response.headers.get("location")
+                if not location:
+                    raise DownloadFailed(f"host {checked.host} answered HTTP {status} without a Location header")
+                current = urljoin(current, location)
+                continue
+            if status == 429 or status >= 500:
+                raise _Transient(DownloadFailed(
+                    f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
+                    details={"host": checked.host, "status": status},
+                ))
+            if status >= 400:
+                raise DownloadFailed(
+                    f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
+                    details={"host": checked.host, "status": status},
+                )
+            size = _stream_body(response, checked, dest, settings, deadline)
+            return dest, size, response.headers.get("content-type"), current
+        finally:
+            response.close()
+    raise DownloadFailed(
+        f"download from host {_host_of(url)} failed: more than {settings.download_max_redirects} redirects",
+        details={"host": _host_of(url)},
+    )
+
+
+def _open(client: httpx.Client, checked: CheckedURL) -> httpx.Response:
+    """Send the GET to each checked address in turn until one connects."""
+    last: Exception | None = None
+    for address in checked.addresses:
+        request = _pinned_request(client, checked, address)
+        try:
+            return client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            last = exc  # another address of the same host may answer
+        except _TRANSIENT_ERRORS as exc:
+            raise _Transient(_transport_failure(checked, exc)) from None
+    assert last is not None
+    raise _Transient(_transport_failure(checked, last))
+
+
+def _pinned_request(client: httpx.Client, checked: CheckedURL, address: IPAddress) -> httpx.Request:
+    """A request to `address` that still says `Host: <name>` and verifies TLS for the name.
+
+    httpcore uses the `sni_hostname` extension both for SNI and for certificate host name
+    checking, so https stays verified against the name while the socket goes to the IP.
+    """
+    parts = urlsplit(checked.url)
+    ip_host = f"[{address}]" if address.version == 6 else str(address)
+    default_port = 443 if checked.scheme == "https" else 80
+    netloc = ip_host if checked.port == default_port else f"{ip_host}:{checked.port}"
+    pinned_url = urlunsplit((checked.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = checked.host if checked.port == default_port else f"{checked.host}:{checked.port}"
+    if ":" in checked.host:  # an IPv6 literal keeps its brackets in Host
+        host_header = f"[{checked.host}]" if checked.port == default_port else f"[{checked.host}]:{checked.port}"
+    extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
+    return client.build_request("GET", pinned_url, headers={"Host": host_header}, extensions=extensions)
+
+
+def _transport_failure(checked: CheckedURL, exc: Exception) -> DownloadFailed:
+    if isinstance(exc, httpx.ConnectTimeout):
+        what = "connection timed out"
+    elif isinstance(exc, httpx.TimeoutException):
+        what = "server stopped sending (read timeout)"
+    elif isinstance(exc, httpx.ConnectError):
+        what = f"cannot connect ({exc})"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return DownloadFailed(f"download from host {checked.host} failed: {what}", details={"host": checked.host})
+
+
+def _too_large(checked: CheckedURL, size: int | str, limit: int) -> InputTooLarge:
+    return InputTooLarge(
+        f"input from host {checked.host} is larger than MAX_INPUT_BYTES ({limit} bytes): {size} bytes",
+        details={"host": checked.host, "limit_bytes": limit},
+    )
+
+
+def _stream_body(
+    response: httpx.Response, checked: CheckedURL, dest: Path, settings: MediaSettings, deadline: float
+) -> int:
+    limit = settings.max_input_bytes
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(checked, int(declared), limit)  # refused before reading a byte
+    partial = dest.with_name(f".{dest.name}.part")
+    written = 0
+    try:
+        with open(partial, "wb") as out:
+            try:
+                for chunk in response.iter_bytes(CHUNK_BYTES):
+                    written += len(chunk)
+                    if written > limit:
+                        raise _too_large(checked, f"more than {limit}", limit)
+                    out.write(chunk)
+                    if time.monotonic() > deadline:
+                        raise DownloadFailed(
+                            f"download from host {checked.host} took longer than "
+                            f"DOWNLOAD_TOTAL_TIMEOUT_S ({settings.download_total_timeout_s:g} s)",
+                            details={"host": checked.host},
+                        )
+            except _TRANSIENT_ERRORS as exc:
+                raise _Transient(_transport_failure(checked, exc)) from None
+        os.replace(partial, dest)
+        return written
+    finally:
+        partial.unlink(missing_ok=True)

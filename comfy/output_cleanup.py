@@ -1,0 +1,50 @@
+"""Output files leave the worker's disk once delivered, without breaking ComfyUI's cache.
+
+ComfyUI answers an identical prompt from its cache: nothing runs, and /history lists the
+files of the earlier run again. If those files were deleted after the earlier delivery,
+the repeated job would have nothing to return. So every output node (`output_node` in
+/object_info: SaveImage, SaveVideo, PreviewImage, ...) gets one extra input holding a
+per-run id. ComfyUI's cache key includes every input of a node, so output nodes always
+run again (and write fresh files), while everything upstream of them (model loads,
+sampling) is still served from the cache. ComfyUI passes a node only the inputs its class
+declares, so the extra input never reaches the node's code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from comfy.outputs import OutputFile
+from comfy.settings import WorkerSettings
+
+log = logging.getLogger("comfy.outputs")
+
+RUN_MARK_INPUT = "_worker_run"
+
+
+def mark_output_nodes(graph: dict[str, Any], object_info: dict[str, Any], run_id: str) -> None:
+    """Give every output node of `graph` the input `_worker_run: run_id` (in place)."""
+    for node in graph.values():
+        info = object_info.get(node.get("class_type")) or {}
+        if info.get("output_node"):
+            node.setdefault("inputs", {})[RUN_MARK_INPUT] = run_id
+
+
+def remove_output_files(files: list[OutputFile], settings: WorkerSettings) -> int:
+    """Delete the prompt's files from ComfyUI's output/ and temp/ folders; return how many."""
+    removed = 0
+    folders = [f.resolve() for f in (settings.comfy_folder("output"), settings.comfy_folder("temp")) if f]
+    for item in files:
+        path: Path | None = item.path
+        if path is None or not any(folder in path.parents for folder in folders):
+            continue  # a scratch copy (remote ComfyUI) or not ours to remove
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove output %s: %s", path, exc)
+    return removed
