@@ -94,7 +94,8 @@ def stage_inputs(
             job_tag = uuid.uuid4().hex[:12]
             for index, item in enumerate(job.inputs):
                 name = stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged)
-                job.workflow[item.node].setdefault("inputs", {})[item.field] = name
+                node = job.workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
+                job.workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
     except BaseException:
         staged.cleanup()
         raise

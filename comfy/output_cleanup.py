@@ -26,10 +26,11 @@ RUN_MARK_INPUT = "_worker_run"
 
 def mark_output_nodes(graph: dict[str, Any], object_info: dict[str, Any], run_id: str) -> None:
     """Give every output node of `graph` the input `_worker_run: run_id` (in place)."""
-    for node in graph.values():
+    for node_id, node in list(graph.items()):
         info = object_info.get(node.get("class_type")) or {}
         if info.get("output_node"):
-            node.setdefault("inputs", {})[RUN_MARK_INPUT] = run_id
+            # A new node dict: the job input's own dicts are left as the caller sent them.
+            graph[node_id] = {**node, "inputs": {**(node.get("inputs") or {}), RUN_MARK_INPUT: run_id}}
 
 
 def remove_output_files(files: list[OutputFile], settings: WorkerSettings) -> int:
