@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Versions shared by the production image (Dockerfile build args) and the CPU test copy.
-# tests/test_versions.py checks that the Dockerfile agrees with these.
+# tests/builder/test_versions.py checks that the Dockerfile agrees with these.
 COMFYUI_VERSION="0.3.75"
 # CPU tests only: the CUDA build of torch runs on the CPU; PyPI's CPU torchvision does not
 # match the torch file on these machines (see docs/architecture.md).
