@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 from pathlib import Path
 
 from tests.conftest import empty_image_graph, run_handler, unique_color
@@ -128,3 +129,20 @@ def test_unreachable_endpoint_is_retried_then_fails(worker, monkeypatch):
 
     assert result["error_type"] == "upload_failed"
     assert "2 attempts" in result["error"] and "127.0.0.1" in result["error"]
+
+
+def test_big_files_go_up_in_parts_with_the_hash_of_the_whole(s3_server, s3_bucket, tmp_path):
+    from comfy.storage import S3Target, S3Uploader
+
+    data = os.urandom(11 * 1024 * 1024)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    target = S3Target.from_endpoint(f"{s3_server}/{s3_bucket}", None, access_key_id=S3_KEY_ID, secret_access_key=S3_SECRET)
+    uploader = S3Uploader(target, url_expiry_s=60, chunk_bytes=5 * 1024 * 1024, concurrency=2, retries=0, backoff_s=0)
+
+    stored = uploader.upload(path, "videos/clip.mp4", "video/mp4")
+
+    head = s3_client(s3_server).head_object(Bucket=s3_bucket, Key="videos/clip.mp4")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: 5 + 5 + 1 MiB
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size_bytes == len(data)
+    assert fetch(stored.url) == data
