@@ -46,8 +46,8 @@ class MediaSettings(BaseModel):
     upload_retries: int = Field(default=3, ge=0, le=10)  # UPLOAD_RETRIES: extra attempts per file
     url_expiry_s: int = Field(default=7 * 24 * 3600, gt=0, le=7 * 24 * 3600)  # OUTPUT_URL_EXPIRY_S
     storage_prefix: str | None = None  # OUTPUT_PREFIX: default `<task or job id>/`
-    multipart_chunk_bytes: int = Field(default=16 * MIB, ge=5 * MIB)  # UPLOAD_CHUNK_BYTES
-    upload_concurrency: int = Field(default=4, ge=1, le=32)  # UPLOAD_CONCURRENCY: parts in flight
+    multipart_chunk_bytes: int = Field(default=8 * MIB, ge=5 * MIB)  # UPLOAD_CHUNK_BYTES
+    upload_concurrency: int = Field(default=10, ge=1, le=32)  # UPLOAD_CONCURRENCY: parts in flight
 
     # S3 (RunPod's names)
     s3_endpoint_url: str | None = None  # BUCKET_ENDPOINT_URL (may include the bucket: https://host/bucket)
@@ -65,7 +65,7 @@ class MediaSettings(BaseModel):
     supabase_s3_access_key_id: str | None = Field(default=None, repr=False)  # SUPABASE_S3_ACCESS_KEY_ID
     supabase_s3_secret_access_key: str | None = Field(default=None, repr=False)  # SUPABASE_S3_SECRET_ACCESS_KEY
     supabase_s3_region: str = "us-east-1"  # SUPABASE_S3_REGION: the project's region
-    supabase_standard_upload_max_bytes: int = Field(default=6 * MIB, gt=0)  # SUPABASE_STANDARD_UPLOAD_MAX_BYTES
+    supabase_standard_upload_max_bytes: int = Field(default=50 * MIB, gt=0)  # SUPABASE_STANDARD_UPLOAD_MAX_BYTES
 
     @property
     def s3_configured(self) -> bool:

@@ -1,0 +1,209 @@
+"""Media benchmarks: a 500 MB output delivered to S3 (moto) and a 500 MB input downloaded.
+
+    .venv/bin/python -m bench.bench_media [--size-mb 500] [--rounds 2] [--no-write]
+
+Each measured transfer runs in its own subprocess, so its peak RSS (ru_maxrss) is its
+own: growth = peak RSS at the end (ru_maxrss) - current RSS just before the transfer
+(VmRSS, after imports and client set-up), an upper bound on what the transfer added. The S3 server (moto_server) and the file server (http.server) are separate
+processes on 127.0.0.1 and are not counted. The worker's upload (comfy.delivery's
+deliver_to_storage with the default MediaSettings) and a plain boto3 `upload_file` (boto3's
+default TransferConfig) of the same file alternate, `--rounds` times each; throughput
+is compared on the medians. Writes the "Media" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_ID, SECRET, BUCKET = "bench", "bench-secret", "bench-media"
+MIB = 1024 * 1024
+
+_UPLOAD_WORKER = r"""
+import json, resource, sys, time
+from pathlib import Path
+from comfy.delivery import deliver_to_storage, make_uploader
+from comfy.job_input import OutputRequest
+from comfy.media_settings import MediaSettings
+from comfy.outputs import OutputFile, OutputKind
+endpoint, path = sys.argv[1], Path(sys.argv[2])
+media = MediaSettings(s3_endpoint_url=endpoint + "/bench-media", s3_access_key_id="bench", s3_secret_access_key="bench-secret")
+uploader = make_uploader("s3", OutputRequest(), media)
+item = OutputFile(node_id="9", class_type="SaveVideo", key="images", kind=OutputKind.VIDEO, filename=path.name,
+                  content_type="video/mp4", size_bytes=path.stat().st_size, path=path)
+before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+started = time.perf_counter()
+result = deliver_to_storage([item], uploader, "bench/worker/", "s3")
+elapsed = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "rss_growth_kib": after - before, "sha256": result["outputs"][0]["sha256"]}))
+"""
+
+_BOTO3_BASELINE = r"""
+import json, resource, sys, time
+import boto3
+endpoint, path = sys.argv[1], sys.argv[2]
+client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench-secret",
+                      region_name="us-east-1")
+before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+started = time.perf_counter()
+client.upload_file(path, "bench-media", "bench/plain/file.mp4")
+elapsed = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "rss_growth_kib": after - before}))
+"""
+
+_DOWNLOAD_WORKER = r"""
+import json, resource, sys, time
+from pathlib import Path
+from comfy.downloads import download_to_file
+from comfy.media_settings import MediaSettings
+url, dest = sys.argv[1], Path(sys.argv[2])
+settings = MediaSettings(allow_private_urls=True)
+before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+started = time.perf_counter()
+got = download_to_file(url, dest, settings)
+elapsed = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "rss_growth_kib": after - before, "size": got.size_bytes}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def run_measured(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_random_file(path: Path, size: int) -> None:
+    block = os.urandom(4 * MIB)  # incompressible; repeating a block is enough for transfer timing
+    with open(path, "wb") as out:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            out.write(piece)
+            written += len(piece)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    size = args.size_mb * 1000 * 1000
+
+    work = Path(tempfile.mkdtemp(prefix="bench-media-"))
+    processes: list[subprocess.Popen] = []
+    try:
+        source = work / "output.mp4"
+        write_random_file(source, size)
+
+        s3_port = free_port()
+        moto_bin = Path(sys.executable).with_name("moto_server")
+        processes.append(subprocess.Popen([str(moto_bin), "-H", "127.0.0.1", "-p", str(s3_port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for_port(s3_port)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+                          region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+
+        worker_runs, plain_runs = [], []
+        for _ in range(args.rounds):
+            plain_runs.append(run_measured(_BOTO3_BASELINE, endpoint, str(source)))
+            s3.delete_object(Bucket=BUCKET, Key="bench/plain/file.mp4")
+            worker_runs.append(run_measured(_UPLOAD_WORKER, endpoint, str(source)))
+            s3.delete_object(Bucket=BUCKET, Key=f"bench/worker/{source.name}")
+
+        http_port = free_port()
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1", "--directory", str(work)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        wait_for_port(http_port)
+        download_runs = []
+        for index in range(args.rounds):
+            dest = work / f"downloaded-{index}.mp4"
+            download_runs.append(run_measured(_DOWNLOAD_WORKER, f"http://127.0.0.1:{http_port}/output.mp4", str(dest)))
+            assert dest.stat().st_size == size
+            dest.unlink()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def mb_s(run: dict) -> float:
+        return size / 1e6 / run["seconds"]
+
+    worker_speed = statistics.median(mb_s(r) for r in worker_runs)
+    plain_speed = statistics.median(mb_s(r) for r in plain_runs)
+    worker_rss = max(r["rss_growth_kib"] for r in worker_runs) / 1024
+    download_rss = max(r["rss_growth_kib"] for r in download_runs) / 1024
+    ratio = worker_speed / plain_speed
+    from comfy.media_settings import MediaSettings
+
+    defaults = MediaSettings()
+    lines = [
+        f"Command: `.venv/bin/python -m bench.bench_media --size-mb {args.size_mb} --rounds {args.rounds}`",
+        f"Machine: {os.cpu_count()} CPU cores (shared); moto_server and http.server on 127.0.0.1 in their own processes.",
+        "",
+        f"| measurement ({args.size_mb} MB file) | runs | median MB/s | peak RSS growth (MiB, worst run) | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| worker upload to S3 (deliver_to_storage, default settings: {defaults.multipart_chunk_bytes // MIB} MiB parts, "
+        f"{defaults.upload_concurrency} in flight, sha256 alongside) | "
+        f"{', '.join(f'{mb_s(r):.0f}' for r in worker_runs)} | {worker_speed:.0f} | {worker_rss:.1f} | ≤ 64 MiB |",
+        f"| plain boto3 `upload_file`, default TransferConfig (same file, same run) | "
+        f"{', '.join(f'{mb_s(r):.0f}' for r in plain_runs)} | {plain_speed:.0f} | "
+        f"{max(r['rss_growth_kib'] for r in plain_runs) / 1024:.1f} | |",
+        f"| worker download (download_to_file, 1 MiB chunks) | "
+        f"{', '.join(f'{mb_s(r):.0f}' for r in download_runs)} | {statistics.median(mb_s(r) for r in download_runs):.0f} | "
+        f"{download_rss:.1f} | ≤ 64 MiB |",
+        "",
+        f"Worker upload throughput = {ratio:.0%} of plain boto3 (target ≥ 80%): "
+        f"{'met' if ratio >= 0.8 else 'NOT met'}. Upload RSS growth {worker_rss:.1f} MiB: "
+        f"{'met' if worker_rss <= 64 else 'NOT met'}. Download RSS growth {download_rss:.1f} MiB: "
+        f"{'met' if download_rss <= 64 else 'NOT met'}.",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        from bench.report import write_section
+
+        write_section("Media", body)
+
+
+if __name__ == "__main__":
+    main()
