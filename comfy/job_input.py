@@ -191,6 +191,13 @@ class OutputRequest(BaseModel):
             raise ValueError("public only applies to mode 'supabase'")
         if bool(self.access_key_id) != bool(self.secret_access_key):
             raise ValueError("access_key_id and secret_access_key go together")
+        if self.endpoint_url and not self.access_key_id:
+            # Otherwise the worker's BUCKET_* keys would sign requests to a host the job chose:
+            # the key id and valid signatures would leak to whoever runs that endpoint.
+            raise ValueError(
+                "endpoint_url needs the job's own access_key_id and secret_access_key "
+                "(the worker's BUCKET_* keys are only used with BUCKET_ENDPOINT_URL)"
+            )
         if self.mode == "inline" and (self.bucket or self.prefix or self.url_expiry_s):
             raise ValueError("bucket, prefix and url_expiry_s do not apply to mode 'inline'")
         return self
