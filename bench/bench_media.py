@@ -141,11 +141,17 @@ def main() -> None:
         s3.create_bucket(Bucket=BUCKET)
 
         worker_runs, plain_runs = [], []
-        for _ in range(args.rounds):
+        def plain() -> None:
             plain_runs.append(run_measured(_BOTO3_BASELINE, endpoint, str(source)))
             s3.delete_object(Bucket=BUCKET, Key="bench/plain/file.mp4")
+
+        def worker() -> None:
             worker_runs.append(run_measured(_UPLOAD_WORKER, endpoint, str(source)))
             s3.delete_object(Bucket=BUCKET, Key=f"bench/worker/{source.name}")
+
+        for index in range(args.rounds):  # alternate which goes first, so neither always meets a warmer server
+            for step in ((plain, worker) if index % 2 == 0 else (worker, plain)):
+                step()
 
         http_port = free_port()
         processes.append(subprocess.Popen(

@@ -109,10 +109,13 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
             media.multipart_chunk_bytes, media.upload_concurrency, media.upload_retries, media.retry_backoff_s,
         )
     public = request.public if request.public is not None else media.supabase_public
-    return SupabaseUploader(
-        media.supabase_url, media.supabase_service_role_key, bucket, public, expiry,
-        media.upload_retries, media.retry_backoff_s, media.supabase_standard_upload_max_bytes, s3_route,
-    )
+    try:
+        return SupabaseUploader(
+            media.supabase_url, media.supabase_service_role_key, bucket, public, expiry,
+            media.upload_retries, media.retry_backoff_s, media.supabase_standard_upload_max_bytes, s3_route,
+        )
+    except Exception as exc:  # noqa: BLE001 - the client refuses a malformed URL or key with its own type
+        raise OutputError(f"cannot use Supabase Storage at {media.supabase_url!r}: {exc}") from exc
 
 
 def deliver_to_storage(files: list[OutputFile], uploader: Uploader, prefix: str, mode: str) -> dict[str, Any]:
