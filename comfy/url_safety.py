@@ -53,8 +53,15 @@ class CheckedURL:
 
 def why_not_public(address: IPAddress) -> str | None:
     """The reason an address is not a public internet address, or None if it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return why_not_public(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is that IPv4 address, nothing more
+            reason = why_not_public(address.ipv4_mapped)
+            return f"{reason} ({address.ipv4_mapped}) inside an IPv6 address" if reason else None
+        # 6to4 and Teredo addresses carry an IPv4 address too: judge it as well, so
+        # 2002:7f00:1:: is not a way around the IPv4 rules.
+        for inner in (address.sixtofour, *(address.teredo or ())):
+            if inner is not None and (reason := why_not_public(inner)):
+                return f"{reason} ({inner}) inside an IPv6 address"
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     checks = (
