@@ -11,6 +11,7 @@ already uploaded for the job and fails it with an error naming the file and dest
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import pybase64
@@ -53,17 +54,38 @@ def deliver_inline(files: list[OutputFile], max_bytes: int | None = None, storag
     return {"images": images, "outputs": outputs}
 
 
-def deliver(files: list[OutputFile], request: OutputRequest, media: MediaSettings, job_key: str) -> dict[str, Any]:
-    """Deliver every file the way the job (or the environment) asks."""
+@dataclass(frozen=True)
+class DeliveryPlan:
+    """Where one job's outputs will go, settled before the workflow runs.
+
+    Made by `plan_delivery` before inputs are fetched, so a job whose storage is not
+    configured, or whose endpoint is refused, fails at once instead of after a long run.
+    """
+
+    mode: str
+    uploader: Uploader | None  # None for inline
+    prefix: str
+    inline_max_bytes: int
+    inline_hint: str = ""
+
+    def deliver(self, files: list[OutputFile]) -> dict[str, Any]:
+        """Deliver every file, or raise naming the file and the destination."""
+        if self.uploader is None:
+            return deliver_inline(files, self.inline_max_bytes, self.inline_hint)
+        return deliver_to_storage(files, self.uploader, self.prefix, self.mode)
+
+
+def plan_delivery(request: OutputRequest, media: MediaSettings, job_key: str) -> DeliveryPlan:
+    """Settle the mode and build the uploader; raise OutputError (or UnsafeURL) if it cannot work."""
     mode = request.mode or media.default_output_mode()
     if mode == "inline":
         hint = ""
         if media.s3_configured or media.supabase_configured:
             configured = "supabase" if media.supabase_configured else "s3"
             hint = f"storage is configured: ask for it with output.mode '{configured}' (or unset OUTPUT_MODE=inline)"
-        return deliver_inline(files, media.inline_max_bytes, hint)
-    uploader = make_uploader(mode, request, media)
-    return deliver_to_storage(files, uploader, storage_prefix(request, media, job_key), mode)
+        return DeliveryPlan("inline", None, "", media.inline_max_bytes, hint)
+    return DeliveryPlan(mode, make_uploader(mode, request, media), storage_prefix(request, media, job_key),
+                        media.inline_max_bytes)
 
 
 def storage_prefix(request: OutputRequest, media: MediaSettings, job_key: str) -> str:

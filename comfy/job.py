@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from comfy.delivery import deliver
+from comfy.delivery import plan_delivery
 from comfy.errors import ComfyUnavailable, JobError, JobTimeout
 from comfy.input_files import stage_inputs
 from comfy.job_input import JobInput, parse_job_input
@@ -76,6 +76,8 @@ def _run(
 ) -> dict[str, Any]:
     settings, client = runtime.settings, runtime.client
     media = MediaSettings.from_env()  # per job: cheap, and an operator's change applies at once
+    # Storage settings and a job-chosen endpoint are checked before anything is fetched or run.
+    delivery = plan_delivery(job.output, media, job.task_id or job_id)
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
     staged = stage_inputs(job, settings, client, media)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
@@ -108,7 +110,7 @@ def _run(
         fetch_started = time.monotonic()
         files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
         try:
-            result = deliver(files, job.output, media, job.task_id or job_id)
+            result = delivery.deliver(files)
         finally:
             remove_output_files(files, settings)
         done = time.monotonic()

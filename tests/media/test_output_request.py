@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 
+import httpx
 import pytest
 
 from comfy.errors import InvalidJobInput
 from comfy.job_input import parse_job_input
-from tests.conftest import empty_image_graph, run_handler, unique_color
+from tests.conftest import empty_image_graph, png_bytes, run_handler, unique_color
 from tests.media.conftest import S3_KEY_ID, S3_SECRET
+from tests.media.test_inputs import invert_graph
 
 
 class ConnectionCounter:
@@ -77,3 +79,36 @@ def test_output_settings_that_do_not_fit_are_named(output, named):
     with pytest.raises(InvalidJobInput) as caught:
         parse_job_input({"workflow": empty_image_graph(), "output": output})
     assert named in caught.value.message
+
+
+def comfy_history_size(worker) -> int:
+    """How many prompts ComfyUI has run (its /history)."""
+    return len(httpx.get(f"{worker.RUNTIME.client.base_url}/history", timeout=10).json())
+
+
+@pytest.mark.parametrize("output, env, named", [
+    ({"mode": "s3"}, {"ALLOW_PRIVATE_URLS": "true"}, "output mode 's3' has no bucket or credentials"),
+    ({"mode": "supabase"}, {"ALLOW_PRIVATE_URLS": "true"}, "output mode 'supabase' is not configured"),
+    ({}, {"OUTPUT_MODE": "s3", "ALLOW_PRIVATE_URLS": "true"}, "output mode 's3' has no bucket or credentials"),
+    ({"mode": "s3", "endpoint_url": "http://10.0.0.1:9000/b", "access_key_id": "AK", "secret_access_key": "SK"},
+     {}, "host 10.0.0.1 is a private address"),
+])
+def test_unusable_output_settings_fail_before_inputs_are_fetched_or_the_workflow_runs(
+    worker, media_server, monkeypatch, output, env, named
+):
+    # The input URL would be fetched (private URLs allowed) if the output were not checked first;
+    # in the last case the endpoint (10.0.0.1), not the input (127.0.0.1), is what is refused.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    image_url = media_server.add("/in.png", body=png_bytes(), content_type="image/png")
+    runs_before = comfy_history_size(worker)
+
+    result = run_handler(worker, {
+        "workflow": invert_graph("media/early"),
+        "inputs": [{"node": "1", "field": "image", "url": image_url}],
+        "output": output,
+    })
+
+    assert "error" in result and named in result["error"], result
+    assert media_server.requests == []  # the input was not fetched
+    assert comfy_history_size(worker) == runs_before  # the workflow did not run
