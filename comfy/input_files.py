@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +81,11 @@ def write_input_file(
 
 
 def stage_inputs(
-    job: JobInput, settings: WorkerSettings, client: ComfyClient, media: MediaSettings | None = None
+    job: JobInput, settings: WorkerSettings, client: ComfyClient, media: MediaSettings | None = None,
+    cancel: threading.Event | None = None,
 ) -> StagedInputs:
     """Write the job's images (worker-comfyui `images`) under the names the workflow uses,
-    then fetch its `inputs` and point their nodes' fields at them."""
+    then fetch its `inputs` and point their nodes' fields at them; `cancel` stops downloads."""
     staged = StagedInputs()
     try:
         for image in job.images:
@@ -93,7 +95,7 @@ def stage_inputs(
             check_input_targets(job.inputs, job.workflow, client.object_info())
             job_tag = uuid.uuid4().hex[:12]
             for index, item in enumerate(job.inputs):
-                name = stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged)
+                name = stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged, cancel)
                 node = job.workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
                 job.workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
     except BaseException:
@@ -152,7 +154,7 @@ def _data_uri_type(value: str) -> str | None:
 
 def stage_media_input(
     item: MediaInput, unique_prefix: str, settings: WorkerSettings, client: ComfyClient,
-    media: MediaSettings, staged: StagedInputs,
+    media: MediaSettings, staged: StagedInputs, cancel: threading.Event | None = None,
 ) -> str:
     """Fetch or decode one input into ComfyUI's input folder; return the name it got."""
     input_dir = settings.comfy_folder("input")
@@ -162,7 +164,7 @@ def stage_media_input(
         if item.url:
             temp_target = landing / f"{unique_prefix}download"
             staged.paths.append(temp_target)  # removed if anything below fails
-            fetched = download_to_file(item.url, temp_target, media)
+            fetched = download_to_file(item.url, temp_target, media, cancel=cancel)
             name = unique_prefix + _base_name(item, fetched.content_type)
             final = landing / name
             os.replace(fetched.path, final)

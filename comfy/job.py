@@ -79,7 +79,7 @@ def _run(
     # Storage settings and a job-chosen endpoint are checked before anything is fetched or run.
     delivery = plan_delivery(job.output, media, job.task_id or job_id)
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
-    staged = stage_inputs(job, settings, client, media)
+    staged = stage_inputs(job, settings, client, media, cancel)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
     try:
         graph = job.workflow

@@ -38,6 +38,7 @@ class Route:
     stall_after_headers_s: float = 0.0  # headers, then silence
     declared_length: int | None = None  # Content-Length to claim (default: len(body))
     endless_chunk: bytes | None = None  # stream this chunk forever (no Content-Length)
+    endless_pause_s: float = 0.0  # between endless chunks: a slow, never-ending download
     fail_first: int = 0  # answer 503 this many times first
 
 
@@ -88,6 +89,7 @@ def _make_handler(server: MediaServer):
                     while True:
                         chunk = route.endless_chunk
                         self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                        time.sleep(route.endless_pause_s)
                 except (BrokenPipeError, ConnectionResetError):
                     return
             self.send_response(route.status)
