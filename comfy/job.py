@@ -22,7 +22,7 @@ from comfy.input_files import stage_inputs
 from comfy.job_input import JobInput, parse_job_input
 from comfy.media_settings import MediaSettings
 from comfy.monitor import Cancelled, DeadlineExceeded
-from comfy.output_cleanup import mark_output_nodes, remove_output_files
+from comfy.output_cleanup import mark_output_nodes, remove_output_files, remove_prompt_files
 from comfy.outputs import collect_outputs
 from comfy.progress import ProgressReporter
 from comfy.runtime import WorkerRuntime
@@ -81,6 +81,8 @@ def _run(
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
     staged = stage_inputs(job, settings, client, media, cancel)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
+    prompt_id: str | None = None
+    history: dict[str, Any] | None = None
     try:
         graph = job.workflow
         validate_graph(graph, client.object_info())
@@ -107,6 +109,7 @@ def _run(
         except Cancelled:
             _stop_prompt(runtime, prompt_id)
             raise JobCancelled("the job was cancelled; ComfyUI was interrupted", details={"prompt_id": prompt_id}) from None
+        history = finished.history
         fetch_started = time.monotonic()
         files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
         try:
@@ -128,6 +131,18 @@ def _run(
     finally:
         staged.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)
+        if prompt_id is not None:
+            _remove_prompt_files(runtime, prompt_id, history)
+
+
+def _remove_prompt_files(runtime: WorkerRuntime, prompt_id: str, history: dict[str, Any] | None) -> None:
+    """Remove what the prompt wrote (temp previews; files of a failed run), best effort."""
+    try:
+        if history is None:  # failed, timed out or cancelled: ComfyUI still lists what was written
+            history = runtime.client.history(prompt_id)
+        remove_prompt_files(history, runtime.settings)
+    except Exception as exc:  # noqa: BLE001 - cleanup must never change the job's result
+        log.warning("could not remove the files of prompt %s: %s", prompt_id, exc)
 
 
 def _stop_prompt(runtime: WorkerRuntime, prompt_id: str) -> None:

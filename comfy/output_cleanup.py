@@ -49,3 +49,34 @@ def remove_output_files(files: list[OutputFile], settings: WorkerSettings) -> in
         except OSError as exc:
             log.warning("could not remove output %s: %s", path, exc)
     return removed
+
+
+def remove_prompt_files(history: dict[str, Any] | None, settings: WorkerSettings) -> int:
+    """Delete every output and temp file a prompt's history lists; return how many.
+
+    Covers what delivery does not: PreviewImage files when temp outputs are not asked for,
+    and files written by a prompt that then failed, timed out or was cancelled. Without
+    this a long-lived worker's disk fills with them (ComfyUI clears temp/ only at start-up).
+    """
+    removed = 0
+    for node_outputs in ((history or {}).get("outputs") or {}).values():
+        for items in (node_outputs or {}).values():
+            for item in items if isinstance(items, list) else ():
+                if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+                    continue
+                folder_type = item.get("type") or "output"
+                folder = settings.comfy_folder(folder_type) if folder_type in ("output", "temp") else None
+                if folder is None:
+                    continue  # input files are not the prompt's to remove; a remote ComfyUI's are out of reach
+                base = folder.resolve()
+                path = (base / (item.get("subfolder") or "") / item["filename"]).resolve()
+                if base not in path.parents:
+                    continue
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("could not remove output %s: %s", path, exc)
+    return removed
