@@ -39,7 +39,10 @@ class Route:
     declared_length: int | None = None  # Content-Length to claim (default: len(body))
     endless_chunk: bytes | None = None  # stream this chunk forever (no Content-Length)
     endless_pause_s: float = 0.0  # between endless chunks: a slow, never-ending download
-    fail_first: int = 0  # answer 503 this many times first
+    fail_first: int = 0  # answer `fail_status` this many times first
+    fail_status: int = 503
+    cut_first: int = 0  # this many times first: full Content-Length, half the body, connection closed
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers (Content-Encoding, ...)
 
 
 @dataclass
@@ -71,7 +74,7 @@ def _make_handler(server: MediaServer):
                 route = Route(status=404, body=b"not found")
             if route.fail_first > 0:
                 route.fail_first -= 1
-                self._answer(503, b"busy", "text/plain")
+                self._answer(route.fail_status, b"busy", "text/plain")
                 return
             time.sleep(route.delay_s)
             if route.location:
@@ -96,7 +99,15 @@ def _make_handler(server: MediaServer):
             self.send_header("Content-Type", route.content_type)
             length = route.declared_length if route.declared_length is not None else len(route.body)
             self.send_header("Content-Length", str(length))
+            for name, value in route.headers.items():
+                self.send_header(name, value)
             self.end_headers()
+            if route.cut_first > 0:
+                route.cut_first -= 1
+                self.wfile.write(route.body[: len(route.body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
             if route.stall_after_headers_s:
                 time.sleep(route.stall_after_headers_s)
             try:
