@@ -10,6 +10,7 @@ already uploaded for the job and fails it with an error naming the file and dest
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +68,15 @@ class DeliveryPlan:
     prefix: str
     inline_max_bytes: int
     inline_hint: str = ""
+    small_file_bytes: int = 0  # files up to this size are sent in one request each...
+    parallel: int = 1  # ...this many at a time
 
     def deliver(self, files: list[OutputFile]) -> dict[str, Any]:
         """Deliver every file, or raise naming the file and the destination."""
         if self.uploader is None:
             return deliver_inline(files, self.inline_max_bytes, self.inline_hint)
-        return deliver_to_storage(files, self.uploader, self.prefix, self.mode)
+        return deliver_to_storage(files, self.uploader, self.prefix, self.mode,
+                                  self.small_file_bytes, self.parallel)
 
 
 def plan_delivery(request: OutputRequest, media: MediaSettings, job_key: str) -> DeliveryPlan:
@@ -85,7 +89,8 @@ def plan_delivery(request: OutputRequest, media: MediaSettings, job_key: str) ->
             hint = f"storage is configured: ask for it with output.mode '{configured}' (or unset OUTPUT_MODE=inline)"
         return DeliveryPlan("inline", None, "", media.inline_max_bytes, hint)
     return DeliveryPlan(mode, make_uploader(mode, request, media), storage_prefix(request, media, job_key),
-                        media.inline_max_bytes)
+                        media.inline_max_bytes, small_file_bytes=media.multipart_chunk_bytes,
+                        parallel=media.upload_concurrency)
 
 
 def storage_prefix(request: OutputRequest, media: MediaSettings, job_key: str) -> str:
@@ -140,33 +145,73 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
         raise OutputError(f"cannot use Supabase Storage at {media.supabase_url!r}: {exc}") from exc
 
 
-def deliver_to_storage(files: list[OutputFile], uploader: Uploader, prefix: str, mode: str) -> dict[str, Any]:
-    """Upload every file; on any failure remove what was uploaded and raise UploadFailed."""
+def deliver_to_storage(
+    files: list[OutputFile], uploader: Uploader, prefix: str, mode: str,
+    small_file_bytes: int = 0, parallel: int = 1,
+) -> dict[str, Any]:
+    """Upload every file; on any failure remove what was uploaded and raise UploadFailed.
+
+    Files up to `small_file_bytes` (one request each) go up `parallel` at a time, so a batch
+    of frames costs a few round trips rather than one per file; larger files follow one at
+    a time, each already sending `parallel` parts. Requests in flight never exceed `parallel`.
+    """
+    uploads = [
+        (index, item, _storage_key(item, prefix), item.content_type or "application/octet-stream")
+        for index, item in enumerate(files)
+        if item.kind is not OutputKind.TEXT and item.path is not None
+    ]
+    small = [u for u in uploads if parallel > 1 and (u[1].size_bytes or 0) <= small_file_bytes]
+    large = [u for u in uploads if u not in small]
+    stored: dict[int, StoredFile] = {}
+    failure: BaseException | None = None
+    if small:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(parallel, len(small)),
+                                                   thread_name_prefix="upload") as pool:
+            futures = [(index, pool.submit(_upload_one, uploader, item, key, ctype)) for index, item, key, ctype in small]
+            for index, future in futures:
+                if future.cancelled():
+                    continue
+                try:
+                    stored[index] = future.result()
+                except BaseException as exc:  # noqa: BLE001 - kept, raised after the others are taken back
+                    failure = failure or exc
+                    for _, pending in futures:
+                        pending.cancel()  # files not started yet are not sent at all
+    try:
+        for index, item, key, ctype in large if failure is None else ():
+            stored[index] = _upload_one(uploader, item, key, ctype)
+    except BaseException as exc:
+        failure = exc
+    if failure is not None:
+        for done in stored.values():  # never a partial success: take back this job's uploads
+            uploader.delete(done.storage_path)
+        raise failure
     images: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
-    uploaded: list[StoredFile] = []
-    try:
-        for item in files:
-            entry = item.model_dump(mode="json", exclude_none=True)
-            if item.kind is not OutputKind.TEXT and item.path is not None:
-                key = prefix + (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
-                content_type = item.content_type or "application/octet-stream"
-                try:
-                    stored = uploader.upload(item.path, key, content_type)
-                except UploadFailed as exc:
-                    exc.details = {**(exc.details or {}), "file": item.filename, "destination": uploader.destination}
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a client library's own error: still name file and place
-                    raise UploadFailed(
-                        f"uploading output {item.filename!r} to {uploader.destination} failed: {type(exc).__name__}: {exc}",
-                        details={"file": item.filename, "destination": uploader.destination},
-                    ) from exc
-                uploaded.append(stored)
-                entry.update(stored.model_dump(mode="json"))
-                images.append({"filename": item.filename, "type": f"{mode}_url", "data": stored.url})
-            outputs.append(entry)
-    except BaseException:
-        for stored in uploaded:  # never a partial success: take back this job's uploads
-            uploader.delete(stored.storage_path)
-        raise
+    for index, item in enumerate(files):
+        entry = item.model_dump(mode="json", exclude_none=True)
+        if index in stored:
+            entry.update(stored[index].model_dump(mode="json"))
+            images.append({"filename": item.filename, "type": f"{mode}_url", "data": stored[index].url})
+        outputs.append(entry)
     return {"images": images, "outputs": outputs}
+
+
+def _storage_key(item: OutputFile, prefix: str) -> str:
+    assert item.path is not None
+    return prefix + (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
+
+
+def _upload_one(uploader: Uploader, item: OutputFile, key: str, content_type: str) -> StoredFile:
+    """Upload one output; any failure becomes UploadFailed naming the file and the destination."""
+    assert item.path is not None
+    try:
+        return uploader.upload(item.path, key, content_type)
+    except UploadFailed as exc:
+        exc.details = {**(exc.details or {}), "file": item.filename, "destination": uploader.destination}
+        raise
+    except Exception as exc:  # noqa: BLE001 - a client library's own error: still name file and place
+        raise UploadFailed(
+            f"uploading output {item.filename!r} to {uploader.destination} failed: {type(exc).__name__}: {exc}",
+            details={"file": item.filename, "destination": uploader.destination},
+        ) from exc
