@@ -47,7 +47,7 @@ class MediaSettings(BaseModel):
     url_expiry_s: int = Field(default=7 * 24 * 3600, gt=0, le=7 * 24 * 3600)  # OUTPUT_URL_EXPIRY_S
     storage_prefix: str | None = None  # OUTPUT_PREFIX: default `<task or job id>/`
     multipart_chunk_bytes: int = Field(default=8 * MIB, ge=5 * MIB)  # UPLOAD_CHUNK_BYTES
-    upload_concurrency: int = Field(default=10, ge=1, le=32)  # UPLOAD_CONCURRENCY: parts in flight
+    upload_concurrency: int = Field(default=10, ge=1, le=32)  # UPLOAD_CONCURRENCY: parts, or small files, in flight
 
     # S3 (RunPod's names)
     s3_endpoint_url: str | None = None  # BUCKET_ENDPOINT_URL (may include the bucket: https://host/bucket)
