@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pybase64
@@ -21,6 +23,7 @@ from comfy.errors import OutputError
 from comfy.job_input import OutputRequest
 from comfy.media_settings import MediaSettings
 from comfy.outputs import OutputFile, OutputKind
+from comfy.poster import POSTER_CONTENT_TYPE, make_poster
 from comfy.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
 from comfy.url_safety import check_url
 
@@ -70,17 +73,37 @@ class DeliveryPlan:
     inline_hint: str = ""
     small_file_bytes: int = 0  # files up to this size are sent in one request each...
     parallel: int = 1  # ...this many at a time
+    poster_python: str | None = None  # ComfyUI's Python, to make video posters; None: no posters
 
     def deliver(self, files: list[OutputFile]) -> dict[str, Any]:
         """Deliver every file, or raise naming the file and the destination."""
         if self.uploader is None:
             return deliver_inline(files, self.inline_max_bytes, self.inline_hint)
-        return deliver_to_storage(files, self.uploader, self.prefix, self.mode,
-                                  self.small_file_bytes, self.parallel)
+        with tempfile.TemporaryDirectory(prefix="comfy-posters-") as folder:
+            posters = make_posters(files, Path(folder), self.poster_python) if self.poster_python else {}
+            return deliver_to_storage(files, self.uploader, self.prefix, self.mode,
+                                      self.small_file_bytes, self.parallel, posters)
 
 
-def plan_delivery(request: OutputRequest, media: MediaSettings, job_key: str) -> DeliveryPlan:
-    """Settle the mode and build the uploader; raise OutputError (or UnsafeURL) if it cannot work."""
+def make_posters(files: list[OutputFile], folder: Path, python: str) -> dict[int, Path]:
+    """The first frame of every video output, as JPEG files in `folder`, by output index."""
+    posters: dict[int, Path] = {}
+    for index, item in enumerate(files):
+        if item.kind is OutputKind.VIDEO and item.path is not None:
+            made = make_poster(item.path, folder / f"{index:04d}.jpg", python)
+            if made is not None:
+                posters[index] = made
+    return posters
+
+
+def plan_delivery(
+    request: OutputRequest, media: MediaSettings, job_key: str, comfy_python: str | None = None
+) -> DeliveryPlan:
+    """Settle the mode and build the uploader; raise OutputError (or UnsafeURL) if it cannot work.
+
+    `comfy_python` (ComfyUI's interpreter) lets storage modes add video posters unless the job
+    turns them off (`output.poster: false`).
+    """
     mode = request.mode or media.default_output_mode()
     if mode == "inline":
         hint = ""
@@ -90,7 +113,8 @@ def plan_delivery(request: OutputRequest, media: MediaSettings, job_key: str) ->
         return DeliveryPlan("inline", None, "", media.inline_max_bytes, hint)
     return DeliveryPlan(mode, make_uploader(mode, request, media), storage_prefix(request, media, job_key),
                         media.inline_max_bytes, small_file_bytes=media.multipart_chunk_bytes,
-                        parallel=media.upload_concurrency)
+                        parallel=media.upload_concurrency,
+                        poster_python=comfy_python if request.poster is not False else None)
 
 
 def storage_prefix(request: OutputRequest, media: MediaSettings, job_key: str) -> str:
@@ -147,22 +171,30 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
 
 def deliver_to_storage(
     files: list[OutputFile], uploader: Uploader, prefix: str, mode: str,
-    small_file_bytes: int = 0, parallel: int = 1,
+    small_file_bytes: int = 0, parallel: int = 1, posters: dict[int, Path] | None = None,
 ) -> dict[str, Any]:
     """Upload every file; on any failure remove what was uploaded and raise UploadFailed.
 
     Files up to `small_file_bytes` (one request each) go up `parallel` at a time, so a batch
     of frames costs a few round trips rather than one per file; larger files follow one at
     a time, each already sending `parallel` parts. Requests in flight never exceed `parallel`.
+    `posters` (JPEGs by output index) go up beside their videos as `<video key>.poster.jpg`
+    and appear as the video's `poster` entry.
     """
-    uploads = [
+    uploads: list[tuple[Any, OutputFile, str, str]] = [
         (index, item, _storage_key(item, prefix), item.content_type or "application/octet-stream")
         for index, item in enumerate(files)
         if item.kind is not OutputKind.TEXT and item.path is not None
     ]
+    for index, path in (posters or {}).items():
+        video = files[index]
+        poster = OutputFile(node_id=video.node_id, class_type=video.class_type, key=video.key, kind=OutputKind.IMAGE,
+                            filename=f"{video.filename}.poster.jpg", content_type=POSTER_CONTENT_TYPE,
+                            size_bytes=path.stat().st_size, path=path)
+        uploads.append((("poster", index), poster, _storage_key(video, prefix) + ".poster.jpg", POSTER_CONTENT_TYPE))
     small = [u for u in uploads if parallel > 1 and (u[1].size_bytes or 0) <= small_file_bytes]
     large = [u for u in uploads if u not in small]
-    stored: dict[int, StoredFile] = {}
+    stored: dict[Any, StoredFile] = {}  # by output index, or ("poster", index)
     failure: BaseException | None = None
     if small:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(parallel, len(small)),
@@ -193,6 +225,8 @@ def deliver_to_storage(
         if index in stored:
             entry.update(stored[index].model_dump(mode="json"))
             images.append({"filename": item.filename, "type": f"{mode}_url", "data": stored[index].url})
+        if ("poster", index) in stored:
+            entry["poster"] = stored[("poster", index)].model_dump(mode="json")
         outputs.append(entry)
     return {"images": images, "outputs": outputs}
 

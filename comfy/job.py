@@ -77,7 +77,7 @@ def _run(
     settings, client = runtime.settings, runtime.client
     media = MediaSettings.from_env()  # per job: cheap, and an operator's change applies at once
     # Storage settings and a job-chosen endpoint are checked before anything is fetched or run.
-    delivery = plan_delivery(job.output, media, job.task_id or job_id)
+    delivery = plan_delivery(job.output, media, job.task_id or job_id, settings.comfy_python)
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
     staged = stage_inputs(job, settings, client, media, cancel)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))

@@ -166,6 +166,9 @@ class OutputRequest(BaseModel):
     access_key_id: str | None = Field(default=None, repr=False, description="s3: per-request credentials")
     secret_access_key: str | None = Field(default=None, repr=False, description="s3: per-request credentials")
     region: str | None = Field(default=None, max_length=64, description="s3: region")
+    poster: bool | None = Field(
+        default=None, description="s3/supabase: also upload each video's first frame as JPEG (default on)"
+    )
 
     @field_validator("prefix")
     @classmethod
@@ -198,8 +201,8 @@ class OutputRequest(BaseModel):
                 "endpoint_url needs the job's own access_key_id and secret_access_key "
                 "(the worker's BUCKET_* keys are only used with BUCKET_ENDPOINT_URL)"
             )
-        if self.mode == "inline" and (self.bucket or self.prefix or self.url_expiry_s):
-            raise ValueError("bucket, prefix and url_expiry_s do not apply to mode 'inline'")
+        if self.mode == "inline" and (self.bucket or self.prefix or self.url_expiry_s or self.poster):
+            raise ValueError("bucket, prefix, url_expiry_s and poster do not apply to mode 'inline'")
         return self
 
 
