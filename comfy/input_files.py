@@ -10,6 +10,7 @@ other's files, and that name is written into `workflow[node].inputs[field]`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import mimetypes
 import os
@@ -24,13 +25,17 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from comfy.client import ComfyClient
-from comfy.downloads import InputTooLarge, download_to_file
+from comfy.downloads import DownloadCancelled, InputTooLarge, download_to_file
 from comfy.errors import InvalidJobInput
 from comfy.job_input import JobInput, MediaInput, decode_base64_payload
 from comfy.media_settings import MediaSettings
 from comfy.settings import WorkerSettings
 
 log = logging.getLogger("comfy.inputs")
+
+# Inputs fetched at once: a job with a video, an image and an audio file waits for the
+# slowest, not for all three in turn; a handful keeps the pressure on one origin polite.
+PARALLEL_INPUTS = 4
 
 
 @dataclass
@@ -93,15 +98,47 @@ def stage_inputs(
         if job.inputs:
             media = media or MediaSettings.from_env()
             check_input_targets(job.inputs, job.workflow, client.object_info())
-            job_tag = uuid.uuid4().hex[:12]
-            for index, item in enumerate(job.inputs):
-                name = stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged, cancel)
+            names = _stage_all(job.inputs, uuid.uuid4().hex[:12], settings, client, media, staged, cancel)
+            for item, name in zip(job.inputs, names):
                 node = job.workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
                 job.workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
     except BaseException:
         staged.cleanup()
         raise
     return staged
+
+
+def _stage_all(
+    items: list[MediaInput], job_tag: str, settings: WorkerSettings, client: ComfyClient,
+    media: MediaSettings, staged: StagedInputs, cancel: threading.Event | None,
+) -> list[str]:
+    """Stage every input, PARALLEL_INPUTS at a time; return their names in input order.
+
+    The first failure stops the others (and so does the job's cancellation), and is the
+    error raised: not the "cancelled" of the downloads it stopped.
+    """
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(PARALLEL_INPUTS, len(items)),
+                                               thread_name_prefix="input") as pool:
+        futures = [
+            pool.submit(stage_media_input, item, f"in-{job_tag}-{index}-", settings, client, media, staged, stop)
+            for index, item in enumerate(items)
+        ]
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.1,
+                                                    return_when=concurrent.futures.FIRST_EXCEPTION)
+            if (cancel is not None and cancel.is_set()) or any(f.exception() for f in done):
+                stop.set()
+                for future in pending:
+                    future.cancel()  # not started yet: never starts
+    failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+    if failures:
+        real = [exc for exc in failures if not isinstance(exc, DownloadCancelled)]
+        raise (real or failures)[0]
+    if cancel is not None and cancel.is_set():
+        raise DownloadCancelled("the job was cancelled while its inputs were being fetched")
+    return [f.result() for f in futures]
 
 
 def check_input_targets(items: list[MediaInput], workflow: dict[str, Any], object_info: dict[str, Any]) -> None:

@@ -50,6 +50,7 @@ class MediaServer:
     url: str
     routes: dict[str, Route] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
+    arrivals: dict[str, list[float]] = field(default_factory=dict)  # path -> time.monotonic() of each request
 
     def add(self, path: str, **kwargs: Any) -> str:
         self.routes[path] = Route(**kwargs)
@@ -69,6 +70,7 @@ def _make_handler(server: MediaServer):
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?")[0]
             server.requests.append((path, self.headers.get("Host", "")))
+            server.arrivals.setdefault(path, []).append(time.monotonic())
             route = server.routes.get(path)
             if route is None:
                 route = Route(status=404, body=b"not found")
