@@ -1,6 +1,6 @@
 """Fetch an input file from a URL to disk: streamed, capped, timed out, retried, vetted.
 
-Never holds a file in memory: the body is written in 1 MiB chunks to `<dest>.part` and
+Never holds a file in memory: the body is written as it arrives to `<dest>.part` and
 renamed when complete, so ComfyUI never sees half a file. Every hop (the first URL and
 each redirect) goes through comfy.url_safety, and the connection is made to the address
 that was checked (see `_pinned_request`), not to whatever DNS says a moment later.
@@ -9,12 +9,16 @@ Retried with exponential backoff: connection failures, timeouts, a connection cu
 mid-body, HTTP 5xx and 429. Not retried: other 4xx, refused URLs, oversize files.
 A `cancel` event (set when RunPod cancels the job) stops a download between chunks and
 during a backoff wait, so a cancelled job does not hold the worker for a whole file.
+A retry after a connection cut mid-body continues where it stopped (`Range` + `If-Range`)
+when the server offered byte ranges and a validator (a strong ETag or Last-Modified) for
+an uncompressed body; otherwise, or if the file changed meanwhile, it starts over.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +33,6 @@ from comfy.url_safety import CheckedURL, IPAddress, check_url
 
 log = logging.getLogger("comfy.downloads")
 
-CHUNK_BYTES = 1024 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TRANSIENT_ERRORS = (httpx.TransportError,)  # connect/read/write errors and timeouts, cut connections
 
@@ -60,6 +63,27 @@ class _Transient(Exception):
         self.error = error
 
 
+@dataclass
+class _Partial:
+    """What earlier attempts left in `path`, and whether the server lets a retry continue it."""
+
+    path: Path
+    written: int = 0
+    validator: str | None = None  # strong ETag or Last-Modified of the body being continued
+    resumable: bool = False
+
+    def restart(self) -> None:
+        self.written, self.validator, self.resumable = 0, None, False
+
+    def range_headers(self) -> dict[str, str]:
+        if not (self.resumable and self.written and self.validator):
+            return {}
+        return {"Range": f"bytes={self.written}-", "If-Range": self.validator}
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
 @dataclass(frozen=True)
 class DownloadedFile:
     """What was fetched: where it is on disk, its size, and what the server called it."""
@@ -81,11 +105,12 @@ def download_to_file(
     if client is None:
         client = new_download_client(settings)
     deadline = time.monotonic() + settings.download_total_timeout_s
+    partial = _Partial(dest.with_name(f".{dest.name}.part"))
     try:
         attempts = settings.download_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                result = _fetch_once(client, url, dest, settings, deadline, cancel)
+                result = _fetch_once(client, url, dest, partial, settings, deadline, cancel)
                 return DownloadedFile(result[0], result[1], result[2], result[3], attempt)
             except _Transient as transient:
                 if attempt == attempts or time.monotonic() >= deadline:
@@ -99,6 +124,7 @@ def download_to_file(
                     raise _cancelled(url)
         raise AssertionError("unreachable")
     finally:
+        partial.path.unlink(missing_ok=True)  # gone after success (renamed) or any final failure
         if own_client:
             client.close()
 
@@ -127,12 +153,13 @@ def _cancelled(url: str) -> DownloadCancelled:
 
 
 def _fetch_once(
-    client: httpx.Client, url: str, dest: Path, settings: MediaSettings, deadline: float, cancel: threading.Event
+    client: httpx.Client, url: str, dest: Path, partial: _Partial, settings: MediaSettings, deadline: float,
+    cancel: threading.Event,
 ) -> tuple[Path, int, str | None, str]:
     current = url
     for _hop in range(settings.download_max_redirects + 1):
         checked = check_url(current, allow_private=settings.allow_private_urls)
-        response = _open(client, checked)
+        response = _open(client, checked, partial.range_headers())
         try:
             status = response.status_code
             if status in _REDIRECTS:
@@ -151,7 +178,8 @@ def _fetch_once(
                     f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
                     details={"host": checked.host, "status": status},
                 )
-            size = _stream_body(response, checked, dest, settings, deadline, cancel)
+            append = _continues(response, checked, partial)
+            size = _stream_body(response, checked, dest, partial, append, settings, deadline, cancel)
             return dest, size, response.headers.get("content-type"), current
         finally:
             response.close()
@@ -161,11 +189,25 @@ def _fetch_once(
     )
 
 
-def _open(client: httpx.Client, checked: CheckedURL) -> httpx.Response:
+def _continues(response: httpx.Response, checked: CheckedURL, partial: _Partial) -> bool:
+    """True if `response` is the rest of the partial file; else the partial file starts over."""
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        if partial.range_headers() and match and int(match.group(1)) == partial.written:
+            return True
+        partial.restart()
+        raise _Transient(DownloadFailed(  # a range we did not ask for: ask again for the whole file
+            f"host {checked.host} answered with an unexpected byte range "
+            f"({response.headers.get('content-range')!r})", details={"host": checked.host}))
+    partial.restart()  # 200: the whole file (the server ignored Range, or the file changed)
+    return False
+
+
+def _open(client: httpx.Client, checked: CheckedURL, extra_headers: dict[str, str] | None = None) -> httpx.Response:
     """Send the GET to each checked address in turn until one connects."""
     last: Exception | None = None
     for address in checked.addresses:
-        request = _pinned_request(client, checked, address)
+        request = _pinned_request(client, checked, address, extra_headers)
         try:
             return client.send(request, stream=True)
         except httpx.ConnectError as exc:
@@ -176,7 +218,9 @@ def _open(client: httpx.Client, checked: CheckedURL) -> httpx.Response:
     raise _Transient(_transport_failure(checked, last))
 
 
-def _pinned_request(client: httpx.Client, checked: CheckedURL, address: IPAddress) -> httpx.Request:
+def _pinned_request(
+    client: httpx.Client, checked: CheckedURL, address: IPAddress, extra_headers: dict[str, str] | None = None
+) -> httpx.Request:
     """A request to `address` that still says `Host: <name>` and verifies TLS for the name.
 
     httpcore uses the `sni_hostname` extension both for SNI and for certificate host name
@@ -191,7 +235,8 @@ def _pinned_request(client: httpx.Client, checked: CheckedURL, address: IPAddres
     if ":" in checked.host:  # an IPv6 literal keeps its brackets in Host
         host_header = f"[{checked.host}]" if checked.port == default_port else f"[{checked.host}]:{checked.port}"
     extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
-    return client.build_request("GET", pinned_url, headers={"Host": host_header}, extensions=extensions)
+    headers = {"Host": host_header, **(extra_headers or {})}
+    return client.build_request("GET", pinned_url, headers=headers, extensions=extensions)
 
 
 def _transport_failure(checked: CheckedURL, exc: Exception) -> DownloadFailed:
@@ -214,34 +259,46 @@ def _too_large(checked: CheckedURL, size: int | str, limit: int) -> InputTooLarg
 
 
 def _stream_body(
-    response: httpx.Response, checked: CheckedURL, dest: Path, settings: MediaSettings, deadline: float,
-    cancel: threading.Event,
+    response: httpx.Response, checked: CheckedURL, dest: Path, partial: _Partial, append: bool,
+    settings: MediaSettings, deadline: float, cancel: threading.Event,
 ) -> int:
     limit = settings.max_input_bytes
-    declared = response.headers.get("content-length")
+    if append:
+        total = _CONTENT_RANGE.match(response.headers["content-range"]).group(3)  # checked by _continues
+        declared = total if total != "*" else None
+    else:
+        declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(checked, int(declared), limit)  # refused before reading a byte
-    partial = dest.with_name(f".{dest.name}.part")
-    written = 0
-    try:
-        with open(partial, "wb") as out:
-            try:
-                for chunk in response.iter_bytes(CHUNK_BYTES):
-                    written += len(chunk)
-                    if written > limit:
-                        raise _too_large(checked, f"more than {limit}", limit)
-                    out.write(chunk)
-                    if cancel.is_set():
-                        raise _cancelled(checked.url)
-                    if time.monotonic() > deadline:
-                        raise DownloadFailed(
-                            f"download from host {checked.host} took longer than "
-                            f"DOWNLOAD_TOTAL_TIMEOUT_S ({settings.download_total_timeout_s:g} s)",
-                            details={"host": checked.host},
-                        )
-            except _TRANSIENT_ERRORS as exc:
-                raise _Transient(_transport_failure(checked, exc)) from None
-        os.replace(partial, dest)
-        return written
-    finally:
-        partial.unlink(missing_ok=True)
+    if not append:
+        # Remember how to continue this body if the connection is cut: only an uncompressed
+        # body (ranges count encoded bytes) with a validator that proves it is the same file.
+        etag = response.headers.get("etag")
+        partial.validator = etag if etag and not etag.startswith("W/") else response.headers.get("last-modified")
+        partial.resumable = (
+            response.headers.get("accept-ranges", "").lower() == "bytes"
+            and response.headers.get("content-encoding", "identity").lower() == "identity"
+            and partial.validator is not None
+        )
+    written = partial.written if append else 0
+    with open(partial.path, "ab" if append else "wb") as out:
+        try:
+            # As the bytes arrive (no re-chunking buffer): what came before a cut is on disk to continue from.
+            for chunk in response.iter_bytes():
+                if written + len(chunk) > limit:
+                    raise _too_large(checked, f"more than {limit}", limit)
+                out.write(chunk)
+                written += len(chunk)
+                partial.written = written  # what a retry can continue from
+                if cancel.is_set():
+                    raise _cancelled(checked.url)
+                if time.monotonic() > deadline:
+                    raise DownloadFailed(
+                        f"download from host {checked.host} took longer than "
+                        f"DOWNLOAD_TOTAL_TIMEOUT_S ({settings.download_total_timeout_s:g} s)",
+                        details={"host": checked.host},
+                    )
+        except _TRANSIENT_ERRORS as exc:
+            raise _Transient(_transport_failure(checked, exc)) from None
+    os.replace(partial.path, dest)
+    return written

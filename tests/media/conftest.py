@@ -43,6 +43,9 @@ class Route:
     fail_status: int = 503
     cut_first: int = 0  # this many times first: full Content-Length, half the body, connection closed
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers (Content-Encoding, ...)
+    ranges: bool = False  # Accept-Ranges: bytes, an ETag, and 206 answers to `Range: bytes=N-`
+    etag: str = '"v1"'
+    replace_after_cut: tuple[bytes, str] | None = None  # (body, etag) the file becomes after a cut
 
 
 @dataclass
@@ -51,6 +54,7 @@ class MediaServer:
     routes: dict[str, Route] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
     arrivals: dict[str, list[float]] = field(default_factory=dict)  # path -> time.monotonic() of each request
+    range_requests: dict[str, list[str | None]] = field(default_factory=dict)  # path -> Range header of each request
 
     def add(self, path: str, **kwargs: Any) -> str:
         self.routes[path] = Route(**kwargs)
@@ -71,6 +75,7 @@ def _make_handler(server: MediaServer):
             path = self.path.split("?")[0]
             server.requests.append((path, self.headers.get("Host", "")))
             server.arrivals.setdefault(path, []).append(time.monotonic())
+            server.range_requests.setdefault(path, []).append(self.headers.get("Range"))
             route = server.routes.get(path)
             if route is None:
                 route = Route(status=404, body=b"not found")
@@ -97,23 +102,37 @@ def _make_handler(server: MediaServer):
                         time.sleep(route.endless_pause_s)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-            self.send_response(route.status)
+            body, status = route.body, route.status
+            wanted = self.headers.get("Range", "")
+            if_range = self.headers.get("If-Range")
+            partial_from = None
+            if route.ranges and wanted.startswith("bytes=") and wanted.endswith("-") and if_range in (None, route.etag):
+                partial_from = int(wanted[len("bytes="):-1])
+                body, status = route.body[partial_from:], 206
+            self.send_response(status)
             self.send_header("Content-Type", route.content_type)
-            length = route.declared_length if route.declared_length is not None else len(route.body)
+            length = route.declared_length if route.declared_length is not None else len(body)
             self.send_header("Content-Length", str(length))
+            if route.ranges:
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", route.etag)
+            if partial_from is not None:
+                self.send_header("Content-Range", f"bytes {partial_from}-{len(route.body) - 1}/{len(route.body)}")
             for name, value in route.headers.items():
                 self.send_header(name, value)
             self.end_headers()
             if route.cut_first > 0:
                 route.cut_first -= 1
-                self.wfile.write(route.body[: len(route.body) // 2])
+                self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
                 self.close_connection = True
+                if route.replace_after_cut:
+                    route.body, route.etag = route.replace_after_cut
                 return
             if route.stall_after_headers_s:
                 time.sleep(route.stall_after_headers_s)
             try:
-                self.wfile.write(route.body)
+                self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 

@@ -61,3 +61,37 @@ def test_the_size_cap_counts_decoded_bytes_of_a_compressed_response(media_server
     with pytest.raises(InputTooLarge, match="MAX_INPUT_BYTES"):
         download_to_file(url, tmp_path / "bomb.bin", settings)
     assert len(compressed) < 1024 * 1024 and list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_download_continues_where_it_stopped_when_the_server_offers_ranges(media_server, tmp_path):
+    body = os.urandom(3 * 1024 * 1024)
+    url = media_server.add("/resumable.bin", body=body, cut_first=1, ranges=True)
+
+    got = download_to_file(url, tmp_path / "resumable.bin", SETTINGS)
+
+    assert got.attempts == 2 and got.size_bytes == len(body)
+    assert (tmp_path / "resumable.bin").read_bytes() == body
+    first, second = media_server.range_requests["/resumable.bin"]
+    assert first is None and second == f"bytes={len(body) // 2}-"  # only the missing half was asked for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumable.bin"]
+
+
+def test_a_file_that_changed_after_the_cut_is_fetched_whole_again(media_server, tmp_path):
+    old, new = os.urandom(1024 * 1024), os.urandom(1024 * 1024 + 10)
+    url = media_server.add("/changing.bin", body=old, cut_first=1, ranges=True, etag='"old"',
+                           replace_after_cut=(new, '"new"'))
+
+    download_to_file(url, tmp_path / "changing.bin", SETTINGS)
+
+    assert (tmp_path / "changing.bin").read_bytes() == new  # not half of the old glued to the new
+    assert media_server.range_requests["/changing.bin"][1] == f"bytes={len(old) // 2}-"  # asked, If-Range said no
+
+
+def test_without_ranges_a_retry_starts_over(media_server, tmp_path):
+    body = os.urandom(512 * 1024)
+    url = media_server.add("/plain.bin", body=body, cut_first=1)
+
+    download_to_file(url, tmp_path / "plain.bin", SETTINGS)
+
+    assert media_server.range_requests["/plain.bin"] == [None, None]
+    assert (tmp_path / "plain.bin").read_bytes() == body
