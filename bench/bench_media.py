@@ -242,7 +242,7 @@ def main() -> None:
         f"{max(r['rss_growth_kib'] for r in plain_runs) / 1024:.1f} | |",
         f"| sha256 of the same file alone (comfy.storage.base.sha256_of_file, from the page cache) | "
         f"{', '.join(f'{mb_s(r):.0f}' for r in hash_runs)} | {statistics.median(mb_s(r) for r in hash_runs):.0f} | | |",
-        f"| worker download (download_to_file, 1 MiB chunks) | "
+        f"| worker download (download_to_file, written as it arrives) | "
         f"{', '.join(f'{mb_s(r):.0f}' for r in download_runs)} | {statistics.median(mb_s(r) for r in download_runs):.0f} | "
         f"{download_rss:.1f} | ≤ 64 MiB |",
         "",
