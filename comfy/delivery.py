@@ -192,8 +192,9 @@ def deliver_to_storage(
                             filename=f"{video.filename}.poster.jpg", content_type=POSTER_CONTENT_TYPE,
                             size_bytes=path.stat().st_size, path=path)
         uploads.append((("poster", index), poster, _storage_key(video, prefix) + ".poster.jpg", POSTER_CONTENT_TYPE))
-    small = [u for u in uploads if parallel > 1 and (u[1].size_bytes or 0) <= small_file_bytes]
-    large = [u for u in uploads if u not in small]
+    small, large = [], []
+    for upload in uploads:
+        (small if parallel > 1 and (upload[1].size_bytes or 0) <= small_file_bytes else large).append(upload)
     stored: dict[Any, StoredFile] = {}  # by output index, or ("poster", index)
     failure: BaseException | None = None
     if small:
