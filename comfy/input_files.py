@@ -118,18 +118,25 @@ def _stage_all(
     error raised: not the "cancelled" of the downloads it stopped.
     """
     stop = threading.Event()
+
+    def stage_one(index: int, item: MediaInput) -> str:
+        if stop.is_set():  # another input failed, or the job was cancelled: do not start
+            raise DownloadCancelled("not fetched: the job's inputs were stopped")
+        try:
+            return stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged, stop)
+        except BaseException:
+            stop.set()  # before this thread can pick up the next input
+            raise
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(PARALLEL_INPUTS, len(items)),
                                                thread_name_prefix="input") as pool:
-        futures = [
-            pool.submit(stage_media_input, item, f"in-{job_tag}-{index}-", settings, client, media, staged, stop)
-            for index, item in enumerate(items)
-        ]
+        futures = [pool.submit(stage_one, index, item) for index, item in enumerate(items)]
         pending = set(futures)
         while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=0.1,
-                                                    return_when=concurrent.futures.FIRST_EXCEPTION)
-            if (cancel is not None and cancel.is_set()) or any(f.exception() for f in done):
+            _, pending = concurrent.futures.wait(pending, timeout=0.1, return_when=concurrent.futures.FIRST_EXCEPTION)
+            if cancel is not None and cancel.is_set():
                 stop.set()
+            if stop.is_set():
                 for future in pending:
                     future.cancel()  # not started yet: never starts
     failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]

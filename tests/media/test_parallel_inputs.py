@@ -51,3 +51,20 @@ def test_one_failing_input_stops_the_others_and_is_the_error(worker, media_serve
     assert "HTTP 404" in result["error"] and "127.0.0.1" in result["error"]
     assert time.monotonic() - started < 5
     assert staged_input_files(worker) == []  # the endless one's partial file is gone too
+
+
+def test_inputs_not_yet_started_when_one_fails_are_never_fetched(worker, media_server, private_urls_allowed):
+    # Six inputs, four at a time: the 404 ends the job while two have not started.
+    graph = {str(n): {"class_type": "LoadImage", "inputs": {"image": "x.png"}} for n in range(1, 7)}
+    graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "media/six"}}
+    missing = media_server.add("/missing.png", status=404, body=b"gone")
+    slow = [media_server.add(f"/slow{n}.png", body=png_bytes(), content_type="image/png", delay_s=1.0)
+            for n in range(2, 7)]
+
+    result = run_handler(worker, {"workflow": graph, "inputs": [
+        {"node": "1", "field": "image", "url": missing},
+        *({"node": str(n), "field": "image", "url": url} for n, url in zip(range(2, 7), slow))]})
+
+    assert result["error_type"] == "input_download" and "HTTP 404" in result["error"], result
+    assert sum(media_server.hits(f"/slow{n}.png") for n in range(2, 7)) == 3  # the fifth and sixth never went out
+    assert staged_input_files(worker) == []
