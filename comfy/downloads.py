@@ -58,9 +58,10 @@ class DownloadCancelled(JobError):
 class _Transient(Exception):
     """A failure worth another attempt; carries the error to raise if none succeeds."""
 
-    def __init__(self, error: DownloadFailed) -> None:
+    def __init__(self, error: DownloadFailed, retry_after_s: float | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        self.retry_after_s = retry_after_s  # the server's Retry-After, when it gave one
 
 
 @dataclass
@@ -113,12 +114,16 @@ def download_to_file(
                 result = _fetch_once(client, url, dest, partial, settings, deadline, cancel)
                 return DownloadedFile(result[0], result[1], result[2], result[3], attempt)
             except _Transient as transient:
-                if attempt == attempts or time.monotonic() >= deadline:
+                # A server that says when to come back (429/503 Retry-After) is waited for, unless
+                # that is past the download's deadline: then there is no point waiting at all.
+                wait = max(settings.retry_backoff_s * 2 ** (attempt - 1), transient.retry_after_s or 0.0)
+                if attempt == attempts or time.monotonic() + wait >= deadline:
                     error = transient.error
-                    error.message = f"{error.message} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+                    asked = (f"; it asked to retry after {transient.retry_after_s:g} s, past DOWNLOAD_TOTAL_TIMEOUT_S"
+                             if transient.retry_after_s and attempt < attempts else "")
+                    error.message = f"{error.message} (gave up after {attempt} attempt{'s' if attempt > 1 else ''}{asked})"
                     error.args = (error.message,)
                     raise error from None
-                wait = settings.retry_backoff_s * 2 ** (attempt - 1)
                 log.warning("download %s: %s; retrying in %.1f s", _host_of(url), transient.error.message, wait)
                 if cancel.wait(min(wait, max(0.0, deadline - time.monotonic()))):
                     raise _cancelled(url)
@@ -172,7 +177,7 @@ def _fetch_once(
                 raise _Transient(DownloadFailed(
                     f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
                     details={"host": checked.host, "status": status},
-                ))
+                ), _retry_after_s(response))
             if status >= 400:
                 raise DownloadFailed(
                     f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
@@ -187,6 +192,12 @@ def _fetch_once(
         f"download from host {_host_of(url)} failed: more than {settings.download_max_redirects} redirects",
         details={"host": _host_of(url)},
     )
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (its delta-seconds form; an HTTP date is ignored)."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 def _continues(response: httpx.Response, checked: CheckedURL, partial: _Partial) -> bool:

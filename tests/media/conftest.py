@@ -41,6 +41,7 @@ class Route:
     endless_pause_s: float = 0.0  # between endless chunks: a slow, never-ending download
     fail_first: int = 0  # answer `fail_status` this many times first
     fail_status: int = 503
+    fail_headers: dict[str, str] = field(default_factory=dict)  # sent with those failures (Retry-After, ...)
     cut_first: int = 0  # this many times first: full Content-Length, half the body, connection closed
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers (Content-Encoding, ...)
     ranges: bool = False  # Accept-Ranges: bytes, an ETag, and 206 answers to `Range: bytes=N-`
@@ -81,7 +82,7 @@ def _make_handler(server: MediaServer):
                 route = Route(status=404, body=b"not found")
             if route.fail_first > 0:
                 route.fail_first -= 1
-                self._answer(route.fail_status, b"busy", "text/plain")
+                self._answer(route.fail_status, b"busy", "text/plain", route.fail_headers)
                 return
             time.sleep(route.delay_s)
             if route.location:
@@ -136,10 +137,12 @@ def _make_handler(server: MediaServer):
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        def _answer(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

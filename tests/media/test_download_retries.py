@@ -95,3 +95,22 @@ def test_without_ranges_a_retry_starts_over(media_server, tmp_path):
 
     assert media_server.range_requests["/plain.bin"] == [None, None]
     assert (tmp_path / "plain.bin").read_bytes() == body
+
+
+def test_retry_after_is_waited_for(media_server, tmp_path):
+    url = media_server.add("/later.bin", body=b"ready", fail_first=1, fail_status=503, fail_headers={"Retry-After": "1"})
+
+    got = download_to_file(url, tmp_path / "later.bin", SETTINGS)  # backoff alone would be 0.01 s
+
+    first, second = media_server.arrivals["/later.bin"]
+    assert got.attempts == 2 and second - first >= 0.95
+
+
+def test_retry_after_past_the_deadline_gives_up_at_once(media_server, tmp_path):
+    url = media_server.add("/much-later.bin", body=b"x", fail_first=5, fail_status=429,
+                           fail_headers={"Retry-After": "3600"})
+    settings = MediaSettings(allow_private_urls=True, retry_backoff_s=0.01, download_total_timeout_s=60)
+
+    with pytest.raises(DownloadFailed, match=r"HTTP 429 .*asked to retry after 3600 s"):
+        download_to_file(url, tmp_path / "much-later.bin", settings)
+    assert media_server.hits("/much-later.bin") == 1
