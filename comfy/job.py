@@ -22,7 +22,7 @@ from comfy.input_files import stage_inputs
 from comfy.job_input import JobInput, parse_job_input
 from comfy.media_settings import MediaSettings
 from comfy.monitor import Cancelled, DeadlineExceeded
-from comfy.output_cleanup import mark_output_nodes, remove_output_files, remove_prompt_files
+from comfy.output_cleanup import mark_output_nodes, remove_prompt_files
 from comfy.outputs import collect_outputs
 from comfy.progress import ProgressReporter
 from comfy.runtime import WorkerRuntime
@@ -112,10 +112,7 @@ def _run(
         history = finished.history
         fetch_started = time.monotonic()
         files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
-        try:
-            result = delivery.deliver(files)
-        finally:
-            remove_output_files(files, settings)
+        result = delivery.deliver(files)  # the files are removed below, with the rest of the prompt's
         done = time.monotonic()
         result["prompt_id"] = prompt_id
         result["timings"] = {

@@ -13,10 +13,8 @@ declares, so the extra input never reaches the node's code.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from comfy.outputs import OutputFile
 from comfy.settings import WorkerSettings
 
 log = logging.getLogger("comfy.outputs")
@@ -31,24 +29,6 @@ def mark_output_nodes(graph: dict[str, Any], object_info: dict[str, Any], run_id
         if info.get("output_node"):
             # A new node dict: the job input's own dicts are left as the caller sent them.
             graph[node_id] = {**node, "inputs": {**(node.get("inputs") or {}), RUN_MARK_INPUT: run_id}}
-
-
-def remove_output_files(files: list[OutputFile], settings: WorkerSettings) -> int:
-    """Delete the prompt's files from ComfyUI's output/ and temp/ folders; return how many."""
-    removed = 0
-    folders = [f.resolve() for f in (settings.comfy_folder("output"), settings.comfy_folder("temp")) if f]
-    for item in files:
-        path: Path | None = item.path
-        if path is None or not any(folder in path.parents for folder in folders):
-            continue  # a scratch copy (remote ComfyUI) or not ours to remove
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not remove output %s: %s", path, exc)
-    return removed
 
 
 def remove_prompt_files(history: dict[str, Any] | None, settings: WorkerSettings) -> int:
