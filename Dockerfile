@@ -33,7 +33,8 @@ FROM base AS comfyui
 ARG COMFYUI_VERSION=0.3.75
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
-# The newest torchaudio release; it declares no torch pin and works with torch 2.14.
+# The newest torchaudio release: it declares no torch pin, and its compiled ops use torch's stable
+# ABI (abi3), so they load and run with torch 2.14.1 (checked; tests/builder/test_versions.py).
 ARG TORCHAUDIO_VERSION=2.11.0
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -167,3 +167,12 @@ def test_a_wrong_default_is_caught():
         "OUTPUT_MODE: the code uses None; the doc says '`inline`'",
         "COMFY_PATH: the image sets '/comfyui'; the doc says '`/workspace/ComfyUI`'",
     ]
+
+
+def test_the_custom_node_lines_shown_are_the_default_list():
+    from builder.install_custom_nodes import parse_list
+
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    shown = re.findall(r"^(https://github\.com/\S+ [0-9a-f]{40})$", doc, flags=re.M)
+    listed = {f"{node.url} {node.commit}" for node in parse_list((ROOT / "builder" / "custom_nodes.txt").read_text())}
+    assert shown and set(shown) <= listed

@@ -10,7 +10,13 @@ Where they cannot be the same, the reason is stated here:
 * torch: the SAME versions. PyPI's torch 2.14.1 wheel is the CUDA 13.0 build, which also runs
   on a CPU, so tests and image use one wheel; what must agree on the image's side is the CUDA
   of the base image (13.0), checked against the CUDA runtime the test venv's torch pulled in.
-  torchaudio is only in the image (audio nodes; optional in tests).
+  torchaudio is only in the image (audio nodes; optional in tests). torchaudio 2.11.0 declares
+  no torch pin and its extensions use torch's stable ABI (abi3): checked by loading it beside
+  torch 2.14.1 and running its compiled ops (lfilter, forced_align) on 2026-11-28.
+* What the test copy leaves out of ComfyUI's requirements.txt: only torch, torchvision (the
+  caller installs them at the test pins), torchaudio, and packages ComfyUI itself lists under
+  "non essential dependencies" (kornia, spandrel: the Canny and upscale-model nodes, which no
+  test uses, log an import warning). The image installs the whole file.
 """
 
 from __future__ import annotations
@@ -75,3 +81,18 @@ def test_image_installs_comfyui_and_nodes_through_the_builder_scripts():
     assert re.search(r'install_comfyui\.sh --source git --version "\$COMFYUI_VERSION"', dockerfile)
     assert "install_custom_nodes.py --list /builder/custom_nodes.txt" in dockerfile
     assert "ENV PIP_CONSTRAINT=/opt/torch-constraints.txt" in dockerfile
+
+
+def requirement_names(text: str) -> list[str]:
+    names = [re.match(r"[A-Za-z0-9_.-]+", line.strip()) for line in text.splitlines()]
+    return [name.group(0).lower() for name in names if name]
+
+
+def test_the_cpu_copy_leaves_out_only_torch_and_what_comfyui_calls_non_essential():
+    release = (comfy_cache() / "ComfyUI" / "requirements.txt").read_text()
+    essential, marker, optional = release.partition("#non essential dependencies:")
+    assert marker, "ComfyUI's requirements.txt no longer marks its non-essential dependencies: recheck this test"
+    cpu = set(pins((ROOT / "builder" / "comfyui-cpu-requirements.txt").read_text()))
+    left_out = [name for name in requirement_names(essential) if name not in cpu]
+    assert sorted(left_out) == ["torch", "torchaudio", "torchvision"]
+    assert set(requirement_names(optional)) - cpu <= {"kornia", "spandrel"}
