@@ -5,12 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from comfy.media_settings import ENV_VARS as MEDIA_ENV_VARS
+from comfy.media_settings import MediaSettings
 from comfy.settings import _ENV_VARS, FreeAfterJob, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())
 VAR_TO_ATTR = {var: attr for attr, (var, _) in _ENV_VARS.items()}
+MEDIA_VAR_TO_ATTR = {var: attr for attr, var in MEDIA_ENV_VARS.items()}
+
+
+def real_default(key: str) -> object:
+    """The default the worker uses when the variable is unset ("" for an unset optional one)."""
+    if key in VAR_TO_ATTR:
+        value = getattr(WorkerSettings(), VAR_TO_ATTR[key])
+    else:
+        assert key in MEDIA_VAR_TO_ATTR, f"{key} is read by neither comfy/settings.py nor comfy/media_settings.py"
+        value = MediaSettings.model_fields[MEDIA_VAR_TO_ATTR[key]].default
+    if isinstance(value, FreeAfterJob):
+        return value.value
+    if isinstance(value, tuple):
+        return " ".join(value)
+    return "" if value is None else value
 
 
 def test_hub_json_has_the_listing_fields():
@@ -21,18 +38,29 @@ def test_hub_json_has_the_listing_fields():
 
 
 def test_every_hub_env_entry_is_a_worker_setting_with_its_real_default():
-    defaults = WorkerSettings()
     for entry in HUB["config"]["env"]:
         key, field = entry["key"], entry["input"]
-        assert key in VAR_TO_ATTR, f"{key} is not read by comfy/settings.py"
-        expected = getattr(defaults, VAR_TO_ATTR[key])
-        if isinstance(expected, FreeAfterJob):
-            expected = expected.value
-            assert expected in [option["value"] for option in field["options"]]
-        if isinstance(expected, tuple):
-            expected = " ".join(expected)
+        expected = real_default(key)
         assert field["default"] == expected, key
+        if field["type"] == "select":
+            assert expected in [option["value"] for option in field["options"]], key
         assert field["type"] in ("string", "number", "boolean", "select") and field["name"] and field["description"]
+        assert isinstance(field.get("advanced", False), bool), key
+
+
+def test_hub_env_offers_the_job_settings_and_s3_output():
+    keys = {entry["key"] for entry in HUB["config"]["env"]}
+    assert {"COMFY_JOB_TIMEOUT_S", "COMFY_FREE_AFTER_JOB", "OUTPUT_MODE", "BUCKET_ENDPOINT_URL",
+            "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"} <= keys
+
+
+def test_an_empty_hub_value_reads_as_unset():
+    # The Hub passes every input, filled or not: an empty one must mean the default, not an error.
+    empty = {entry["key"]: "" for entry in HUB["config"]["env"] if entry["input"]["default"] == ""}
+    assert empty
+    media = MediaSettings.from_env(empty)
+    assert media.output_mode is None and media.s3_endpoint_url is None
+    assert WorkerSettings.from_env({k: v for k, v in empty.items() if k in VAR_TO_ATTR}).comfy_args == ()
 
 
 def test_hub_env_has_no_duplicates():
@@ -48,4 +76,4 @@ def test_tests_json_runs_test_input_json_which_needs_no_weights():
     assert not any("Checkpoint" in cls or "Loader" in cls for cls in classes)
     config = TESTS["config"]
     assert config["gpuCount"] == 1 and config["gpuTypeId"]
-    assert all(entry["key"] in VAR_TO_ATTR for entry in config["env"])
+    assert all(entry["key"] in VAR_TO_ATTR or entry["key"] in MEDIA_VAR_TO_ATTR for entry in config["env"])
