@@ -30,25 +30,35 @@ def runtime_requirements(pyproject: Path) -> list[str]:
 
 
 def frozen_closure(requirements: list[str]) -> list[str]:
-    """name==version for the requirements and their dependencies, as installed here."""
+    """name==version for the requirements and their dependencies, as installed here.
+
+    Extras are followed: `fastapi[all]` brings in uvicorn, sentry-sdk and the rest, and they
+    need pins as much as fastapi does (a dependency's own extras are requested the same way).
+    """
     import importlib.metadata as metadata
 
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     pins: dict[str, str] = {}
-    pending = [Requirement(item) for item in requirements]
+    done: set[tuple[str, str]] = set()  # (name, extra) pairs already expanded; "" is the base
+    pending = [(Requirement(item), "") for item in requirements]
     while pending:
-        requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        if name in pins or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+        requirement, wanted_by_extra = pending.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": wanted_by_extra}):
             continue
+        name = canonicalize_name(requirement.name)
         try:
             distribution = metadata.distribution(requirement.name)
         except metadata.PackageNotFoundError:
             raise ValueError(f"{requirement.name} is not installed in {sys.executable}") from None
         pins[name] = distribution.version
-        pending.extend(Requirement(item) for item in distribution.requires or [])
+        for extra in ["", *sorted(canonicalize_name(e) for e in requirement.extras)]:
+            if (name, extra) in done:
+                continue
+            done.add((name, extra))
+            # Each dependency is kept with the extra that asked for it; its marker decides.
+            pending.extend((Requirement(item), extra) for item in distribution.requires or [])
     return [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 

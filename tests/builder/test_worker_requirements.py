@@ -47,3 +47,13 @@ def test_pyproject_without_dependencies_is_named(tmp_path):
     bad.write_text("[project]\nname = 'x'\n")
     done = subprocess.run([sys.executable, str(SCRIPT), str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and f"{bad}: no [project] dependencies list" in done.stderr
+
+
+def test_the_freeze_follows_extras():
+    # runpod asks for fastapi[all]: what the extra brings (uvicorn, ...) needs a pin too.
+    from builder.worker_requirements import frozen_closure
+
+    with_extra = {line.split("==")[0] for line in frozen_closure(["fastapi[all]"])}
+    without = {line.split("==")[0] for line in frozen_closure(["fastapi"])}
+    assert "uvicorn" in with_extra and "uvicorn" not in without
+    assert "uvicorn" in constraints()
