@@ -49,7 +49,11 @@ RUN python3 -m venv /opt/comfy-venv \
  && /opt/comfy-venv/bin/pip install -c /opt/torch-constraints.txt torch torchvision torchaudio
 ENV PIP_CONSTRAINT=/opt/torch-constraints.txt
 COPY builder/install_comfyui.sh builder/comfyui-cpu-requirements.txt /builder/
-RUN /builder/install_comfyui.sh --source git --version "$COMFYUI_VERSION" --dest /comfyui \
+# ComfyUI's requirements.txt pins only its frontend packages; the rest are held at the versions
+# the CPU test copy runs (comfyui-cpu-requirements.txt), so the image runs what was tested.
+# pip reads several constraint files from PIP_CONSTRAINT, separated by spaces.
+RUN PIP_CONSTRAINT="/opt/torch-constraints.txt /builder/comfyui-cpu-requirements.txt" \
+    /builder/install_comfyui.sh --source git --version "$COMFYUI_VERSION" --dest /comfyui \
       --python /opt/comfy-venv/bin/python \
  && rm -rf /comfyui/.git
 COPY builder/install_custom_nodes.py builder/custom_nodes.txt /builder/

@@ -4,9 +4,9 @@ Where they cannot be the same, the reason is stated here:
 * Python: the image runs Ubuntu 24.04's Python 3.12 (the CUDA base's own); tests run on the
   machine's Python 3.11. ComfyUI 0.3.75 and the worker support both.
 * ComfyUI's Python requirements: the image installs the release tag's own requirements.txt
-  (its frontend, templates and docs packages are pinned there, the rest float); the test copy
-  installs builder/comfyui-cpu-requirements.txt, those same packages pinned to what was
-  resolved on CPU. The pins the release makes must be the same in both.
+  with builder/comfyui-cpu-requirements.txt as pip constraints; the test copy installs that
+  file. So both run the same versions (checked: they resolve for the image's Python 3.12 with
+  the CUDA torch); the pins the release itself makes must be the same in the file.
 * torch: the SAME versions. PyPI's torch 2.14.1 wheel is the CUDA 13.0 build, which also runs
   on a CPU, so tests and image use one wheel; what must agree on the image's side is the CUDA
   of the base image (13.0), checked against the CUDA runtime the test venv's torch pulled in.
@@ -78,7 +78,11 @@ def test_pins_made_by_the_comfyui_release_are_the_same_in_the_cpu_requirements()
 
 def test_image_installs_comfyui_and_nodes_through_the_builder_scripts():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r'install_comfyui\.sh --source git --version "\$COMFYUI_VERSION"', dockerfile)
+    step = re.search(r"^RUN (?:[^\n]*\\\n)*?[^\n]*install_comfyui\.sh[^\n]*$", dockerfile, flags=re.M)
+    assert step, "no RUN step calls install_comfyui.sh"
+    assert re.search(r'install_comfyui\.sh --source git --version "\$COMFYUI_VERSION"', step.group(0))
+    # ComfyUI's own requirements are held at the tested pins, torch at its pins.
+    assert 'PIP_CONSTRAINT="/opt/torch-constraints.txt /builder/comfyui-cpu-requirements.txt"' in step.group(0)
     assert "install_custom_nodes.py --list /builder/custom_nodes.txt" in dockerfile
     assert "ENV PIP_CONSTRAINT=/opt/torch-constraints.txt" in dockerfile
 
