@@ -2,7 +2,8 @@
 """Download model files listed in a manifest into ComfyUI's models folder, verified by sha256.
 
     builder/fetch_models.py --manifest builder/models.txt --models-dir /comfyui/models \
-        [--token-file /run/secrets/hf_token] [--token-hosts huggingface.co,civitai.com] [--check]
+        [--token-file /run/secrets/hf_token] [--token-hosts huggingface.co,civitai.com]
+        [--attempts 3] [--retry-wait 5] [--check]
 
 The manifest has one file per line: ``<url> <folder> <sha256> [file name]``; blank lines and
 ``#`` comments are ignored. ``folder`` is one of ComfyUI's model folders (checkpoints, loras,
@@ -13,7 +14,9 @@ The whole manifest is checked before anything is downloaded, and every problem i
 once. Each file is streamed to a temporary name beside its target while its sha256 is computed,
 and renamed into place only when the hash matches: a mismatch fails with both hashes and keeps
 nothing. A file already in place with the right hash is not downloaded again; one with another
-hash is an error (it is never overwritten).
+hash is an error (it is never overwritten). Transient failures (no connection, a stalled or
+cut transfer, HTTP 5xx or 429) are retried from the start, ``--attempts`` times in all; a
+complete download with another hash is not retried.
 
 Gated downloads: the token is read from ``--token-file`` (a Docker build secret, so it never
 lands in a layer) or the ``HF_TOKEN`` environment variable, and sent as ``Authorization:
@@ -27,15 +30,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import re
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 # ComfyUI 0.3.75's model folders (folder_paths.py), plus the legacy names it maps
 # (unet -> diffusion_models, clip -> text_encoders). tests/builder checks this list
@@ -48,6 +54,7 @@ MODEL_FOLDERS = frozenset({
 })
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
+READ_TIMEOUT_S = 60  # longest silence while connecting or reading
 DEFAULT_TOKEN_HOSTS = "huggingface.co,civitai.com"
 
 
@@ -135,8 +142,49 @@ def _host_matches(host: str, token_hosts: list[str]) -> bool:
     return any(host == allowed or host.endswith("." + allowed) for allowed in token_hosts)
 
 
-def fetch(entry: ModelFile, models_dir: Path, token: str | None, token_hosts: list[str]) -> bool:
-    """Download entry into models_dir and verify it; False when it was already in place."""
+class _TransientError(FetchError):
+    """A failure worth another attempt: no connection, a cut or stalled transfer, HTTP 5xx or 429."""
+
+
+def _download(request: urllib.request.Request, out: BinaryIO, label: str) -> tuple[str, int]:
+    """Stream the response into out (from its start); return (sha256, size)."""
+    out.seek(0)
+    out.truncate()
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(request, timeout=READ_TIMEOUT_S) as response:
+            expected = response.headers.get("Content-Length")
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        # urllib ends a body cut short without an error: compare with what was announced.
+        if expected is not None and expected.isdigit() and size < int(expected):
+            raise _TransientError(f"{label}: download failed: the connection ended after {size} of {expected} bytes")
+    except urllib.error.HTTPError as exc:
+        message = f"{label}: download failed: HTTP {exc.code} {exc.reason}"
+        if exc.code in (401, 403):
+            raise FetchError(message + " (a gated file? pass a token with --token-file)") from None
+        if exc.code == 429 or exc.code >= 500:
+            raise _TransientError(message) from None
+        raise FetchError(message) from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, FileNotFoundError):  # a file:// URL that is not there
+            raise FetchError(f"{label}: download failed: {exc.reason}") from None
+        raise _TransientError(f"{label}: download failed: {exc.reason}") from None
+    except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, a body cut short
+        raise _TransientError(f"{label}: download failed: {exc!r}") from None
+    return digest.hexdigest(), size
+
+
+def fetch(entry: ModelFile, models_dir: Path, token: str | None, token_hosts: list[str],
+          attempts: int = 3, retry_wait_s: float = 5.0) -> bool:
+    """Download entry into models_dir and verify it; False when it was already in place.
+
+    Transient failures are retried (attempts in all, the wait doubling each time); a file that
+    downloads completely but has another sha256 is not: the manifest or the source is wrong.
+    """
     target = models_dir / entry.folder / entry.filename
     label = f"{entry.relative_path} (line {entry.line}, {entry.url})"
     if target.exists():
@@ -150,24 +198,19 @@ def fetch(entry: ModelFile, models_dir: Path, token: str | None, token_hosts: li
     host = urllib.parse.urlsplit(entry.url).hostname or ""
     if token and _host_matches(host, token_hosts):
         request.add_unredirected_header("Authorization", f"Bearer {token}")
-    digest = hashlib.sha256()
-    size = 0
     handle, temp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".partial", dir=target.parent)
     try:
-        with os.fdopen(handle, "wb") as out:
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    while chunk := response.read(CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-            except urllib.error.HTTPError as exc:
-                hint = " (a gated file? pass a token with --token-file)" if exc.code in (401, 403) else ""
-                raise FetchError(f"{label}: download failed: HTTP {exc.code} {exc.reason}{hint}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise FetchError(f"{label}: download failed: {reason}") from None
-        got = digest.hexdigest()
+        with os.fdopen(handle, "w+b") as out:
+            for attempt in range(1, attempts + 1):
+                try:
+                    got, size = _download(request, out, label)
+                    break
+                except _TransientError as exc:
+                    if attempt == attempts:
+                        raise FetchError(f"{exc} (after {attempts} attempts)") from None
+                    wait = retry_wait_s * 2 ** (attempt - 1)
+                    print(f"fetch_models: {exc}; attempt {attempt + 1} of {attempts} in {wait:g} s", file=sys.stderr)
+                    time.sleep(wait)
         if got != entry.sha256:
             raise FetchError(f"{label}: sha256 mismatch: the manifest says {entry.sha256}, "
                              f"the download ({size} bytes) is {got}; nothing was kept")
@@ -191,8 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", type=Path, help="file holding a token for gated downloads (a build secret)")
     parser.add_argument("--token-hosts", default=DEFAULT_TOKEN_HOSTS,
                         help=f"comma-separated hosts the token is sent to (default {DEFAULT_TOKEN_HOSTS})")
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="tries per file on transient failures (no connection, cut transfer, HTTP 5xx/429)")
+    parser.add_argument("--retry-wait", type=float, default=5.0, help="seconds before the second try; doubles after")
     parser.add_argument("--check", action="store_true", help="only parse the manifest and print it")
     args = parser.parse_args(argv)
+    if args.attempts < 1:
+        parser.error("--attempts must be at least 1")
 
     if not args.manifest.is_file():
         print(f"fetch_models: the manifest {args.manifest} does not exist", file=sys.stderr)
@@ -214,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     token_hosts = [host.strip().lower() for host in args.token_hosts.split(",") if host.strip()]
     try:
         for entry in entries:
-            fetched = fetch(entry, args.models_dir, token, token_hosts)
+            fetched = fetch(entry, args.models_dir, token, token_hosts, args.attempts, args.retry_wait)
             print(f"fetch_models: {entry.relative_path} {'downloaded and verified' if fetched else 'already there'}")
     except FetchError as exc:
         print(f"fetch_models: {exc}", file=sys.stderr)

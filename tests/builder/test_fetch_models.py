@@ -160,6 +160,25 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
+        if self.path.startswith("/flaky/"):  # /flaky/<failures>/<kind>/model.bin: fail that many times first
+            _, _, failures, kind, _ = self.path.split("/")
+            if sum(1 for path, _ in type(self).seen if path == self.path) <= int(failures):
+                if kind == "cut":  # promise the whole body, send half, hang up
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(CONTENT)))
+                    self.end_headers()
+                    self.wfile.write(CONTENT[: len(CONTENT) // 2])
+                    self.close_connection = True
+                    return
+                self.send_response(int(kind))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if self.path == "/missing/model.bin":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/redirect/model.bin":
             self.send_response(302)
             self.send_header("Location", "/plain/model.bin")
@@ -178,7 +197,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 def http_server():
     _Recorder.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -206,3 +225,31 @@ def test_token_file_is_sent_to_token_hosts_only_and_never_along_redirects(tmp_pa
                 "--models-dir", models_dir, "--token-file", token, "--token-hosts", "huggingface.co")
     assert other.returncode == 0, other.stderr
     assert _Recorder.seen == [("/plain/model.bin", None)]
+
+
+def fetch_once(tmp_path, models_dir, url, *extra):
+    return run("--manifest", manifest(tmp_path, f"{url} vae {GOOD}\n"), "--models-dir", models_dir,
+               "--retry-wait", "0", *extra)
+
+
+@pytest.mark.parametrize("kind", ["503", "429", "cut"])
+def test_a_transient_failure_is_retried(tmp_path, models_dir, http_server, kind):
+    done = fetch_once(tmp_path, models_dir, f"{http_server}/flaky/1/{kind}/model.bin")
+    assert done.returncode == 0, done.stderr
+    assert "attempt 2 of 3" in done.stderr
+    assert [path for path, _ in _Recorder.seen] == [f"/flaky/1/{kind}/model.bin"] * 2
+    assert (models_dir / "vae" / "model.bin").read_bytes() == CONTENT  # not the half of the cut try
+
+
+def test_retries_give_up_after_the_attempts_naming_the_last_failure(tmp_path, models_dir, http_server):
+    done = fetch_once(tmp_path, models_dir, f"{http_server}/flaky/5/503/model.bin", "--attempts", "2")
+    assert done.returncode == 1
+    assert "vae/model.bin (line 1, " in done.stderr
+    assert "download failed: HTTP 503 Service Unavailable (after 2 attempts)" in done.stderr
+    assert len(_Recorder.seen) == 2 and not list(models_dir.rglob("*.partial"))
+
+
+def test_a_404_is_not_retried(tmp_path, models_dir, http_server):
+    done = fetch_once(tmp_path, models_dir, f"{http_server}/missing/model.bin")
+    assert done.returncode == 1 and "download failed: HTTP 404 Not Found" in done.stderr
+    assert len(_Recorder.seen) == 1
