@@ -13,7 +13,7 @@ import logging
 import sys
 
 from comfy.settings import SettingsError, WorkerSettings
-from comfy.process import ComfyProcess, ComfyStartError
+from comfy.server.process import ComfyProcess, ComfyStartError
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("worker")
@@ -38,9 +38,9 @@ from typing import Any  # noqa: E402
 
 import runpod  # noqa: E402
 
-from comfy.job import run_job  # noqa: E402
-from comfy.runtime import WorkerRuntime  # noqa: E402
-from supabase_sync.worker_heartbeat import WorkerHeartbeat  # noqa: E402
+from comfy.job.run import run_job  # noqa: E402
+from comfy.server.runtime import WorkerRuntime  # noqa: E402
+from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
 
 RUNTIME = WorkerRuntime(SETTINGS, PROCESS)
 # The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from supabase_sync.migrations import MIGRATIONS_DIR, OPTIONAL_TRIGGER  # noqa: E402
 from tests.comfy_env import free_port  # noqa: E402
-from tests.dispatcher.harness import DispatcherProcess, dispatcher_env, wait_for_sync  # noqa: E402
-from tests.dispatcher.pg_net_double import PgNetBridge  # noqa: E402
-from tests.dispatcher.pgcluster import PG_NET_STUB_SQL, start_cluster  # noqa: E402
+from tests.supabase_sync.harness import DispatcherProcess, dispatcher_env, wait_for_sync  # noqa: E402
+from tests.doubles.pg_net import PgNetBridge  # noqa: E402
+from tests.fixtures.pgcluster import PG_NET_STUB_SQL, start_cluster  # noqa: E402
 from tests.doubles.postgrest import PostgrestDouble, make_key  # noqa: E402
 from tests.doubles.runpod_emulator import RunPodEmulator  # noqa: E402
 

@@ -5,7 +5,7 @@
 Each measured transfer runs in its own subprocess, so its peak RSS (ru_maxrss) is its
 own: growth = peak RSS at the end (ru_maxrss) - current RSS just before the transfer
 (VmRSS, after imports and client set-up), an upper bound on what the transfer added. The S3 server (moto_server) and the file server (http.server) are separate
-processes on 127.0.0.1 and are not counted. The worker's upload (comfy.delivery's
+processes on 127.0.0.1 and are not counted. The worker's upload (comfy.delivery.deliver's
 deliver_to_storage with the default MediaSettings) and a plain boto3 `upload_file` (boto3's
 default TransferConfig) of the same file alternate, `--rounds` times each; throughput
 is compared on the medians. Writes the "Media" section of docs/benchmarks.md.
@@ -35,10 +35,10 @@ FRAMES, FRAME_BYTES = 64, 200_000  # a batch of frames, as a video-to-frames wor
 _UPLOAD_WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
-from comfy.delivery import deliver_to_storage, make_uploader
-from comfy.job_input import OutputRequest
-from comfy.media_settings import MediaSettings
-from comfy.outputs import OutputFile, OutputKind
+from comfy.delivery.deliver import deliver_to_storage, make_uploader
+from comfy.job.input import OutputRequest
+from comfy.media.settings import MediaSettings
+from comfy.delivery.outputs import OutputFile, OutputKind
 endpoint, path = sys.argv[1], Path(sys.argv[2])
 media = MediaSettings(s3_endpoint_url=endpoint + "/bench-media", s3_access_key_id="bench", s3_secret_access_key="bench-secret")
 uploader = make_uploader("s3", OutputRequest(), media)
@@ -69,10 +69,10 @@ print(json.dumps({"seconds": elapsed, "rss_growth_kib": after - before}))
 _MANY_SMALL = r"""
 import json, os, sys, time, tempfile
 from pathlib import Path
-from comfy.delivery import plan_delivery
-from comfy.job_input import OutputRequest
-from comfy.media_settings import MediaSettings
-from comfy.outputs import OutputFile, OutputKind
+from comfy.delivery.deliver import plan_delivery
+from comfy.job.input import OutputRequest
+from comfy.media.settings import MediaSettings
+from comfy.delivery.outputs import OutputFile, OutputKind
 endpoint, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 folder = Path(tempfile.mkdtemp(prefix="bench-frames-"))
 items = []
@@ -99,7 +99,7 @@ print(json.dumps(timings))
 _HASH_ONLY = r"""
 import json, sys, time
 from pathlib import Path
-from comfy.storage.base import sha256_of_file
+from comfy.delivery.storage.base import sha256_of_file
 path = Path(sys.argv[1])
 started = time.perf_counter()
 sha256_of_file(path)  # the file is in the page cache after the uploads, as during a real one
@@ -109,8 +109,8 @@ print(json.dumps({"seconds": time.perf_counter() - started}))
 _DOWNLOAD_WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
-from comfy.downloads import download_to_file
-from comfy.media_settings import MediaSettings
+from comfy.media.downloads import download_to_file
+from comfy.media.settings import MediaSettings
 url, dest = sys.argv[1], Path(sys.argv[2])
 settings = MediaSettings(allow_private_urls=True)
 before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
@@ -223,7 +223,7 @@ def main() -> None:
     worker_rss = max(r["rss_growth_kib"] for r in worker_runs) / 1024
     download_rss = max(r["rss_growth_kib"] for r in download_runs) / 1024
     ratio = worker_speed / plain_speed
-    from comfy.media_settings import MediaSettings
+    from comfy.media.settings import MediaSettings
 
     defaults = MediaSettings()
     one_at_a_time = " / ".join(f"{r['one_at_a_time']:.2f}" for r in frame_runs)
@@ -240,7 +240,7 @@ def main() -> None:
         f"| plain boto3 `upload_file`, default TransferConfig (same file, same run) | "
         f"{', '.join(f'{mb_s(r):.0f}' for r in plain_runs)} | {plain_speed:.0f} | "
         f"{max(r['rss_growth_kib'] for r in plain_runs) / 1024:.1f} | |",
-        f"| sha256 of the same file alone (comfy.storage.base.sha256_of_file, from the page cache) | "
+        f"| sha256 of the same file alone (comfy.delivery.storage.base.sha256_of_file, from the page cache) | "
         f"{', '.join(f'{mb_s(r):.0f}' for r in hash_runs)} | {statistics.median(mb_s(r) for r in hash_runs):.0f} | | |",
         f"| worker download (download_to_file, written as it arrives) | "
         f"{', '.join(f'{mb_s(r):.0f}' for r in download_runs)} | {statistics.median(mb_s(r) for r in download_runs):.0f} | "

@@ -25,8 +25,8 @@ def main(argv: list[str]) -> int:
         for path in migration_files(include_trigger="--with-trigger" in argv):
             sys.stdout.write(f"-- {path.name}\n{path.read_text()}\n")
         return 0
-    if command == "scale":  # the endpoint scaler (issue 6): supabase_sync/scaler_cli.py
-        from supabase_sync.scaler_cli import main as scale_main
+    if command == "scale":  # the endpoint scaler (issue 6): supabase_sync/scaler/cli.py
+        from supabase_sync.scaler.cli import main as scale_main
 
         return scale_main(argv[1:])
     if command not in ("run", "check-config"):

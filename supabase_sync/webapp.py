@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from supabase_sync.dispatcher import Dispatcher
 from supabase_sync.runpod_api import JobStatus
-from supabase_sync.scaler_metrics import scaler_metrics_text
+from supabase_sync.scaler.metrics import scaler_metrics_text
 from supabase_sync.webhooks import RUNPOD_HOOK_PATH, verify
 
 log = logging.getLogger("supabase_sync.webapp")
@@ -99,7 +99,7 @@ def create_app(dispatcher: Dispatcher) -> Starlette:
             log.warning("queue_stats failed: %s", exc)
             up = False
         text = dispatcher.metrics.render(queue, up)
-        # scaler (issue 6): the scaler's latest decision per endpoint (supabase_sync/scaler_metrics.py)
+        # scaler (issue 6): the scaler's latest decision per endpoint (supabase_sync/scaler/metrics.py)
         try:
             text += await scaler_metrics_text(dispatcher.store.client)
         except Exception as exc:

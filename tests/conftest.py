@@ -15,6 +15,8 @@ import pytest
 
 from tests.comfy_env import free_port, make_comfy_copy, worker_env
 
+pytest_plugins = ["tests.fixtures.postgres"]  # the real PostgreSQL: `db`, `pg_cluster`
+
 
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory: pytest.TempPathFactory):

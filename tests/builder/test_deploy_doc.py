@@ -132,8 +132,8 @@ def test_worker_settings_defaults_match_comfy_settings():
 
 
 def test_media_settings_defaults_match_comfy_media_settings():
-    from comfy.media_settings import ENV_VARS, MediaSettings
-    from supabase_sync.worker_heartbeat import DEFAULT_INTERVAL_S
+    from comfy.media.settings import ENV_VARS, MediaSettings
+    from comfy.worker.heartbeat import DEFAULT_INTERVAL_S
 
     defaults = {var: MediaSettings.model_fields[attr].default for attr, var in ENV_VARS.items()}
     defaults["HEARTBEAT_INTERVAL"] = DEFAULT_INTERVAL_S
@@ -142,8 +142,8 @@ def test_media_settings_defaults_match_comfy_media_settings():
 
 def test_dispatcher_and_scaler_defaults_match_supabase_sync():
     from supabase_sync.config import Settings
-    from supabase_sync.scaler import ScalingRule
-    from supabase_sync.scaler_config import RULE_ENV, ScalerSettings
+    from supabase_sync.scaler.rule import ScalingRule
+    from supabase_sync.scaler.config import RULE_ENV, ScalerSettings
 
     # config.py maps its optional variables to fields in a literal table: "VAR": "field".
     source = (ROOT / "supabase_sync" / "config.py").read_text()

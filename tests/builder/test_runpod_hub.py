@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from comfy.media_settings import ENV_VARS as MEDIA_ENV_VARS
-from comfy.media_settings import MediaSettings
+from comfy.media.settings import ENV_VARS as MEDIA_ENV_VARS
+from comfy.media.settings import MediaSettings
 from comfy.settings import _ENV_VARS, FreeAfterJob, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ def real_default(key: str) -> object:
     if key in VAR_TO_ATTR:
         value = getattr(WorkerSettings(), VAR_TO_ATTR[key])
     else:
-        assert key in MEDIA_VAR_TO_ATTR, f"{key} is read by neither comfy/settings.py nor comfy/media_settings.py"
+        assert key in MEDIA_VAR_TO_ATTR, f"{key} is read by neither comfy/settings.py nor comfy/media/settings.py"
         value = MediaSettings.model_fields[MEDIA_VAR_TO_ATTR[key]].default
     if isinstance(value, FreeAfterJob):
         return value.value

@@ -1,0 +1,315 @@
+"""Fetch an input file from a URL to disk: streamed, capped, timed out, retried, vetted.
+
+Never holds a file in memory: the body is written as it arrives to `<dest>.part` and
+renamed when complete, so ComfyUI never sees half a file. Every hop (the first URL and
+each redirect) goes through comfy.media.url_safety, and the connection is made to the address
+that was checked (see `_pinned_request`), not to whatever DNS says a moment later.
+
+Retried with exponential backoff: connection failures, timeouts, a connection cut
+mid-body, HTTP 5xx and 429. Not retried: other 4xx, refused URLs, oversize files.
+A `cancel` event (set when RunPod cancels the job) stops a download between chunks and
+during a backoff wait, so a cancelled job does not hold the worker for a whole file.
+A retry after a connection cut mid-body continues where it stopped (`Range` + `If-Range`)
+when the server offered byte ranges and a validator (a strong ETag or Last-Modified) for
+an uncompressed body; otherwise, or if the file changed meanwhile, it starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from comfy.errors import JobError
+from comfy.media.settings import MediaSettings
+from comfy.media.url_safety import CheckedURL, IPAddress, check_url
+
+log = logging.getLogger("comfy.media.downloads")
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TRANSIENT_ERRORS = (httpx.TransportError,)  # connect/read/write errors and timeouts, cut connections
+
+
+class DownloadFailed(JobError):
+    """An input URL could not be fetched; the message names the host and the HTTP status."""
+
+    error_type = "input_download"
+
+
+class InputTooLarge(DownloadFailed):
+    """An input is bigger than MAX_INPUT_BYTES."""
+
+    error_type = "input_too_large"
+
+
+class DownloadCancelled(JobError):
+    """The job was cancelled while an input was being fetched."""
+
+    error_type = "cancelled"
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; carries the error to raise if none succeeds."""
+
+    def __init__(self, error: DownloadFailed, retry_after_s: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after_s = retry_after_s  # the server's Retry-After, when it gave one
+
+
+@dataclass
+class _Partial:
+    """What earlier attempts left in `path`, and whether the server lets a retry continue it."""
+
+    path: Path
+    written: int = 0
+    validator: str | None = None  # strong ETag or Last-Modified of the body being continued
+    resumable: bool = False
+
+    def restart(self) -> None:
+        self.written, self.validator, self.resumable = 0, None, False
+
+    def range_headers(self) -> dict[str, str]:
+        if not (self.resumable and self.written and self.validator):
+            return {}
+        return {"Range": f"bytes={self.written}-", "If-Range": self.validator}
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """What was fetched: where it is on disk, its size, and what the server called it."""
+
+    path: Path
+    size_bytes: int
+    content_type: str | None
+    final_url: str
+    attempts: int
+
+
+def download_to_file(
+    url: str, dest: Path, settings: MediaSettings, client: httpx.Client | None = None,
+    cancel: threading.Event | None = None,
+) -> DownloadedFile:
+    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL, DownloadCancelled) saying what went wrong."""
+    cancel = cancel or threading.Event()
+    own_client = client is None
+    if client is None:
+        client = new_download_client(settings)
+    deadline = time.monotonic() + settings.download_total_timeout_s
+    partial = _Partial(dest.with_name(f".{dest.name}.part"))
+    try:
+        attempts = settings.download_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                result = _fetch_once(client, url, dest, partial, settings, deadline, cancel)
+                return DownloadedFile(result[0], result[1], result[2], result[3], attempt)
+            except _Transient as transient:
+                # A server that says when to come back (429/503 Retry-After) is waited for, unless
+                # that is past the download's deadline: then there is no point waiting at all.
+                wait = max(settings.retry_backoff_s * 2 ** (attempt - 1), transient.retry_after_s or 0.0)
+                if attempt == attempts or time.monotonic() + wait >= deadline:
+                    error = transient.error
+                    asked = (f"; it asked to retry after {transient.retry_after_s:g} s, past DOWNLOAD_TOTAL_TIMEOUT_S"
+                             if transient.retry_after_s and attempt < attempts else "")
+                    error.message = f"{error.message} (gave up after {attempt} attempt{'s' if attempt > 1 else ''}{asked})"
+                    error.args = (error.message,)
+                    raise error from None
+                log.warning("download %s: %s; retrying in %.1f s", _host_of(url), transient.error.message, wait)
+                if cancel.wait(min(wait, max(0.0, deadline - time.monotonic()))):
+                    raise _cancelled(url)
+        raise AssertionError("unreachable")
+    finally:
+        partial.path.unlink(missing_ok=True)  # gone after success (renamed) or any final failure
+        if own_client:
+            client.close()
+
+
+def new_download_client(settings: MediaSettings) -> httpx.Client:
+    """An httpx client with the download timeouts; redirects are followed by hand."""
+    timeout = httpx.Timeout(
+        connect=settings.download_connect_timeout_s,
+        read=settings.download_read_timeout_s,
+        write=settings.download_read_timeout_s,
+        pool=settings.download_connect_timeout_s,
+    )
+    return httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": "comfy-serverless-worker"})
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
+
+
+def _cancelled(url: str) -> DownloadCancelled:
+    return DownloadCancelled(f"the job was cancelled while downloading from host {_host_of(url)}",
+                             details={"host": _host_of(url)})
+
+
+def _fetch_once(
+    client: httpx.Client, url: str, dest: Path, partial: _Partial, settings: MediaSettings, deadline: float,
+    cancel: threading.Event,
+) -> tuple[Path, int, str | None, str]:
+    current = url
+    for _hop in range(settings.download_max_redirects + 1):
+        checked = check_url(current, allow_private=settings.allow_private_urls)
+        response = _open(client, checked, partial.range_headers())
+        try:
+            status = response.status_code
+            if status in _REDIRECTS:
+                location = response.headers.get("location")
+                if not location:
+                    raise DownloadFailed(f"host {checked.host} answered HTTP {status} without a Location header")
+                current = urljoin(current, location)
+                continue
+            if status == 429 or status >= 500:
+                raise _Transient(DownloadFailed(
+                    f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
+                    details={"host": checked.host, "status": status},
+                ), _retry_after_s(response))
+            if status >= 400:
+                raise DownloadFailed(
+                    f"download from host {checked.host} failed: HTTP {status} {response.reason_phrase}".rstrip(),
+                    details={"host": checked.host, "status": status},
+                )
+            append = _continues(response, checked, partial)
+            size = _stream_body(response, checked, dest, partial, append, settings, deadline, cancel)
+            return dest, size, response.headers.get("content-type"), current
+        finally:
+            response.close()
+    raise DownloadFailed(
+        f"download from host {_host_of(url)} failed: more than {settings.download_max_redirects} redirects",
+        details={"host": _host_of(url)},
+    )
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (its delta-seconds form; an HTTP date is ignored)."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _continues(response: httpx.Response, checked: CheckedURL, partial: _Partial) -> bool:
+    """True if `response` is the rest of the partial file; else the partial file starts over."""
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        if partial.range_headers() and match and int(match.group(1)) == partial.written:
+            return True
+        partial.restart()
+        raise _Transient(DownloadFailed(  # a range we did not ask for: ask again for the whole file
+            f"host {checked.host} answered with an unexpected byte range "
+            f"({response.headers.get('content-range')!r})", details={"host": checked.host}))
+    partial.restart()  # 200: the whole file (the server ignored Range, or the file changed)
+    return False
+
+
+def _open(client: httpx.Client, checked: CheckedURL, extra_headers: dict[str, str] | None = None) -> httpx.Response:
+    """Send the GET to each checked address in turn until one connects."""
+    last: Exception | None = None
+    for address in checked.addresses:
+        request = _pinned_request(client, checked, address, extra_headers)
+        try:
+            return client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            last = exc  # another address of the same host may answer
+        except _TRANSIENT_ERRORS as exc:
+            raise _Transient(_transport_failure(checked, exc)) from None
+    assert last is not None
+    raise _Transient(_transport_failure(checked, last))
+
+
+def _pinned_request(
+    client: httpx.Client, checked: CheckedURL, address: IPAddress, extra_headers: dict[str, str] | None = None
+) -> httpx.Request:
+    """A request to `address` that still says `Host: <name>` and verifies TLS for the name.
+
+    httpcore uses the `sni_hostname` extension both for SNI and for certificate host name
+    checking, so https stays verified against the name while the socket goes to the IP.
+    """
+    parts = urlsplit(checked.url)
+    ip_host = f"[{address}]" if address.version == 6 else str(address)
+    default_port = 443 if checked.scheme == "https" else 80
+    netloc = ip_host if checked.port == default_port else f"{ip_host}:{checked.port}"
+    pinned_url = urlunsplit((checked.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = checked.host if checked.port == default_port else f"{checked.host}:{checked.port}"
+    if ":" in checked.host:  # an IPv6 literal keeps its brackets in Host
+        host_header = f"[{checked.host}]" if checked.port == default_port else f"[{checked.host}]:{checked.port}"
+    extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
+    headers = {"Host": host_header, **(extra_headers or {})}
+    return client.build_request("GET", pinned_url, headers=headers, extensions=extensions)
+
+
+def _transport_failure(checked: CheckedURL, exc: Exception) -> DownloadFailed:
+    if isinstance(exc, httpx.ConnectTimeout):
+        what = "connection timed out"
+    elif isinstance(exc, httpx.TimeoutException):
+        what = "server stopped sending (read timeout)"
+    elif isinstance(exc, httpx.ConnectError):
+        what = f"cannot connect ({exc})"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return DownloadFailed(f"download from host {checked.host} failed: {what}", details={"host": checked.host})
+
+
+def _too_large(checked: CheckedURL, size: int | str, limit: int) -> InputTooLarge:
+    return InputTooLarge(
+        f"input from host {checked.host} is larger than MAX_INPUT_BYTES ({limit} bytes): {size} bytes",
+        details={"host": checked.host, "limit_bytes": limit},
+    )
+
+
+def _stream_body(
+    response: httpx.Response, checked: CheckedURL, dest: Path, partial: _Partial, append: bool,
+    settings: MediaSettings, deadline: float, cancel: threading.Event,
+) -> int:
+    limit = settings.max_input_bytes
+    if append:
+        total = _CONTENT_RANGE.match(response.headers["content-range"]).group(3)  # checked by _continues
+        declared = total if total != "*" else None
+    else:
+        declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(checked, int(declared), limit)  # refused before reading a byte
+    if not append:
+        # Remember how to continue this body if the connection is cut: only an uncompressed
+        # body (ranges count encoded bytes) with a validator that proves it is the same file.
+        etag = response.headers.get("etag")
+        partial.validator = etag if etag and not etag.startswith("W/") else response.headers.get("last-modified")
+        partial.resumable = (
+            response.headers.get("accept-ranges", "").lower() == "bytes"
+            and response.headers.get("content-encoding", "identity").lower() == "identity"
+            and partial.validator is not None
+        )
+    written = partial.written if append else 0
+    with open(partial.path, "ab" if append else "wb") as out:
+        try:
+            # As the bytes arrive (no re-chunking buffer): what came before a cut is on disk to continue from.
+            for chunk in response.iter_bytes():
+                if written + len(chunk) > limit:
+                    raise _too_large(checked, f"more than {limit}", limit)
+                out.write(chunk)
+                written += len(chunk)
+                partial.written = written  # what a retry can continue from
+                if cancel.is_set():
+                    raise _cancelled(checked.url)
+                if time.monotonic() > deadline:
+                    raise DownloadFailed(
+                        f"download from host {checked.host} took longer than "
+                        f"DOWNLOAD_TOTAL_TIMEOUT_S ({settings.download_total_timeout_s:g} s)",
+                        details={"host": checked.host},
+                    )
+        except _TRANSIENT_ERRORS as exc:
+            raise _Transient(_transport_failure(checked, exc)) from None
+    os.replace(partial.path, dest)
+    return written

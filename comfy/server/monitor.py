@@ -1,0 +1,204 @@
+"""Follow one queued prompt to its end: websocket first, /history as the source of truth.
+
+Ends with the prompt's history entry on success, or raises: ExecutionFailed (a node
+raised), ExecutionInterrupted, ComfyUnavailable (ComfyUI died), DeadlineExceeded or
+Cancelled (the caller interrupts ComfyUI for those two).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from comfy.server.client import ComfyClient
+from comfy.errors import ComfyUnavailable, ExecutionFailed, ExecutionInterrupted
+from comfy.server.events import ComfyEvents, EventStreamClosed
+from comfy.server.progress import ProgressReporter
+
+log = logging.getLogger("comfy.server.monitor")
+
+RECV_SLICE_S = 0.25  # how often deadline, cancellation and process health are checked
+HISTORY_CHECK_S = 2.0  # while the websocket is up: a cheap safety net for a missed end
+HISTORY_POLL_S = 0.2  # while the websocket is down
+RECONNECT_EVERY_S = 1.0
+TRACEBACK_TAIL_LINES = 8
+
+
+class DeadlineExceeded(Exception):
+    """The prompt ran past the job's deadline."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled (RunPod cancellation reached the handler)."""
+
+
+@dataclass
+class PromptResult:
+    """A finished prompt: its history entry and ComfyUI's own timestamps (ms since epoch)."""
+
+    history: dict[str, Any]
+    execution_start_ms: float | None
+    execution_end_ms: float | None
+
+
+def _message_timestamps(history: dict[str, Any]) -> tuple[float | None, float | None]:
+    start = end = None
+    for entry in history.get("status", {}).get("messages", []):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):
+            continue
+        kind, data = entry
+        if kind == "execution_start":
+            start = data.get("timestamp")
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            end = data.get("timestamp")
+    return start, end
+
+
+def execution_failure(data: dict[str, Any]) -> ExecutionFailed:
+    """An execution_error message as an error naming node, class and exception."""
+    traceback = data.get("traceback") or []
+    if isinstance(traceback, list):
+        traceback_text = "".join(traceback)
+    else:
+        traceback_text = str(traceback)
+    tail = traceback_text.strip().splitlines()[-TRACEBACK_TAIL_LINES:]
+    node_id = str(data.get("node_id"))
+    class_type = data.get("node_type")
+    exception = data.get("exception_type") or "Exception"
+    message = data.get("exception_message") or ""
+    return ExecutionFailed(
+        f"node {node_id} ({class_type}) raised {exception}: {str(message).strip()}",
+        details={
+            "node_id": node_id,
+            "class_type": class_type,
+            "exception_type": exception,
+            "exception_message": message,
+            "traceback": tail,
+        },
+    )
+
+
+def _outcome_from_history(history: dict[str, Any]) -> PromptResult | None:
+    """A finished history entry as a result (or raise its failure); None while running."""
+    status = history.get("status") or {}
+    status_str = status.get("status_str")
+    if status_str == "error":
+        for kind, data in status.get("messages", []):
+            if kind == "execution_error":
+                raise execution_failure(data)
+            if kind == "execution_interrupted":
+                raise ExecutionInterrupted("ComfyUI interrupted the workflow", details=data)
+        raise ExecutionFailed("ComfyUI reported the workflow failed", details=status)
+    if status_str == "success" or status.get("completed"):
+        start, end = _message_timestamps(history)
+        return PromptResult(history, start, end)
+    return None
+
+
+class PromptMonitor:
+    """Waits for one prompt, forwarding progress."""
+
+    def __init__(
+        self,
+        client: ComfyClient,
+        events: ComfyEvents,
+        comfy_alive: Callable[[], bool],
+        describe_death: Callable[[], str],
+    ) -> None:
+        self.client = client
+        self.events = events
+        self.comfy_alive = comfy_alive
+        self.describe_death = describe_death
+
+    def wait(
+        self,
+        prompt_id: str,
+        deadline: float,
+        cancel: threading.Event,
+        progress: ProgressReporter | None = None,
+    ) -> PromptResult:
+        next_history_check = time.monotonic() + HISTORY_CHECK_S
+        last_reconnect = 0.0
+        finished = False
+        while True:
+            now = time.monotonic()
+            if cancel.is_set():
+                raise Cancelled()
+            if not self.comfy_alive():
+                raise ComfyUnavailable(self.describe_death())
+            if now >= deadline:
+                raise DeadlineExceeded()
+
+            message = None
+            if self.events.connected:
+                try:
+                    message = self.events.recv(min(RECV_SLICE_S, max(deadline - now, 0.001)))
+                except EventStreamClosed as exc:
+                    log.warning("prompt %s: %s; following /history until it reconnects", prompt_id, exc)
+                    next_history_check = now
+            elif now - last_reconnect >= RECONNECT_EVERY_S:
+                last_reconnect = now
+                if self.events.connect():
+                    log.info("prompt %s: websocket reconnected", prompt_id)
+                    next_history_check = now  # events sent while it was down are lost
+                else:
+                    time.sleep(min(HISTORY_POLL_S, max(deadline - now, 0)))
+            else:
+                time.sleep(min(HISTORY_POLL_S, max(deadline - now, 0)))
+
+            if message is not None:
+                finished = self._handle(message, prompt_id, progress)
+
+            if finished or time.monotonic() >= next_history_check:
+                result = self._check_history(prompt_id)
+                if result is not None:
+                    return result
+                if finished:
+                    # The end event came before ComfyUI wrote the history entry.
+                    time.sleep(0.002)
+                    continue
+                next_history_check = time.monotonic() + (
+                    HISTORY_CHECK_S if self.events.connected else HISTORY_POLL_S
+                )
+
+    def _check_history(self, prompt_id: str) -> PromptResult | None:
+        try:
+            history = self.client.history(prompt_id)
+        except ComfyUnavailable:
+            if not self.comfy_alive():
+                raise ComfyUnavailable(self.describe_death()) from None
+            raise
+        return _outcome_from_history(history) if history else None
+
+    def _handle(self, message: dict[str, Any], prompt_id: str, progress: ProgressReporter | None) -> bool:
+        """React to one event; True when the prompt has ended successfully."""
+        kind = message.get("type")
+        data = message.get("data") or {}
+        if not isinstance(data, dict) or data.get("prompt_id") not in (prompt_id, None):
+            return False
+        if kind == "execution_error" and data.get("prompt_id") == prompt_id:
+            raise execution_failure(data)
+        if kind == "execution_interrupted" and data.get("prompt_id") == prompt_id:
+            raise ExecutionInterrupted(
+                f"ComfyUI interrupted the workflow at node {data.get('node_id')} ({data.get('node_type')})",
+                details=data,
+            )
+        if kind == "execution_success" and data.get("prompt_id") == prompt_id:
+            return True
+        if data.get("prompt_id") != prompt_id:
+            return False
+        if kind == "executing":
+            if data.get("node") is None:
+                return True  # older ComfyUI: the end of the prompt
+            if progress is not None:
+                progress.update(str(data["node"]), 0, 1)
+        elif kind == "executed" and progress is not None:
+            progress.node_finished(str(data.get("node")))
+        elif kind == "execution_cached" and progress is not None:
+            progress.nodes_cached([str(n) for n in data.get("nodes", [])])
+        elif kind == "progress" and progress is not None:
+            progress.update(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
+        return False

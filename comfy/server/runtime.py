@@ -1,0 +1,67 @@
+"""What lives for the whole worker: settings, the ComfyUI process, client and event stream."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from comfy.server.client import ComfyClient
+from comfy.errors import ComfyUnavailable
+from comfy.server.events import ComfyEvents
+from comfy.server.monitor import PromptMonitor
+from comfy.server.process import ComfyProcess, ComfyStartError
+from comfy.settings import WorkerSettings
+
+log = logging.getLogger("comfy.server.runtime")
+
+
+class WorkerRuntime:
+    """One per worker process. Jobs run one at a time through it."""
+
+    def __init__(self, settings: WorkerSettings, process: ComfyProcess | None = None) -> None:
+        self.settings = settings
+        self.process = process
+        self.client = ComfyClient(settings.base_url)
+        self.events = ComfyEvents(self.client.ws_url)
+        self.monitor = PromptMonitor(self.client, self.events, self.comfy_alive, self.describe_death)
+        self.job_lock = threading.Lock()
+
+    @classmethod
+    def boot(cls, settings: WorkerSettings, process: ComfyProcess | None = None) -> "WorkerRuntime":
+        """Start ComfyUI (unless attaching) and return at once; jobs wait for readiness."""
+        if process is None and not settings.attach_mode:
+            process = ComfyProcess(settings)
+            process.start()
+        return cls(settings, process)
+
+    def comfy_alive(self) -> bool:
+        return self.process is None or self.process.is_alive()
+
+    def describe_death(self) -> str:
+        if self.process is None:
+            return f"ComfyUI at {self.settings.base_url} stopped answering"
+        code = self.process.returncode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        return f"ComfyUI {how} while running the job. Last lines of its log:\n{self.process.log_tail(10)}"
+
+    def ensure_ready(self) -> None:
+        """Make sure ComfyUI is up (restarting a crashed one) and the websocket is open."""
+        if self.process is not None:
+            restarting = self.process.pid is not None and not self.process.is_alive()
+            try:
+                self.process.ensure_running()
+            except ComfyStartError as exc:
+                raise ComfyUnavailable(str(exc)) from exc
+            if restarting:
+                self.client.forget_object_info()
+                self.events.close()
+        else:
+            self.client.system_stats()  # raises ComfyUnavailable with the reason
+        if not self.events.connected and not self.events.connect():
+            log.warning("websocket to ComfyUI could not be opened; following /history instead")
+
+    def shutdown(self) -> None:
+        self.events.close()
+        self.client.close()
+        if self.process is not None:
+            self.process.stop()

@@ -1,0 +1,141 @@
+"""Running the dispatcher in tests: in this process (asyncio) or as `python -m supabase_sync`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+
+from supabase_sync.config import RoutingTable, Settings
+from supabase_sync.service import serve
+from tests.comfy_env import ROOT, free_port
+
+WEBHOOK_SECRET = "test-webhook-secret"
+TRIGGER_SECRET = "test-trigger-secret"
+ENDPOINT = "comfy-endpoint"
+
+
+def dispatcher_env(db: Any, emulator: Any, port: int, routes: str = f"comfy={ENDPOINT}", **extra: str) -> dict[str, str]:
+    """The environment an operator would set, pointing at the doubles."""
+    env = {
+        "SUPABASE_URL": db.url,
+        "SUPABASE_SERVICE_ROLE_KEY": db.service_key,
+        "RUNPOD_API_KEY": emulator.api_key,
+        "RUNPOD_API_BASE_URL": emulator.api_base_url,
+        "DISPATCHER_ROUTES": routes,
+        "POLL_INTERVAL": "0.2",
+        "STATUS_CHECK_INTERVAL": "0.5",
+        "CLAIM_LEASE_S": "2",
+        "RETRY_BACKOFF_BASE_S": "0",
+        "HEARTBEAT_INTERVAL": "1",
+        "DISPATCHER_HOST": "127.0.0.1",
+        "DISPATCHER_PORT": str(port),
+        "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TRIGGER_SECRET": TRIGGER_SECRET,
+    }
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def make_settings(db: Any, emulator: Any, routing: RoutingTable | None = None, **extra: str) -> Settings:
+    port = free_port()
+    settings = Settings.from_env(dispatcher_env(db, emulator, port, **extra))
+    if routing is not None:
+        settings = settings.model_copy(update={"routing": routing})
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[str]:
+    """The dispatcher service in this event loop; yields its base URL."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    base = f"http://127.0.0.1:{settings.listen_port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(500):
+            if task.done():
+                await task
+            try:
+                if (await http.get(f"{base}/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+    try:
+        yield base
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+def wait_for_sync(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class DispatcherProcess:
+    """`python -m supabase_sync` as a child process (to SIGKILL it at chosen moments)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DispatcherProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "supabase_sync"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{self.env['DISPATCHER_PORT']}"
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dispatcher exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for_sync(healthy, 30, what="the dispatcher's /health")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, like a crashed container."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc else None
