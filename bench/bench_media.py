@@ -36,7 +36,7 @@ _UPLOAD_WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
 from comfy.delivery.deliver import deliver_to_storage, make_uploader
-from comfy.job.input import OutputRequest
+from comfy.delivery.request import OutputRequest
 from comfy.media.settings import MediaSettings
 from comfy.delivery.outputs import OutputFile, OutputKind
 endpoint, path = sys.argv[1], Path(sys.argv[2])
@@ -70,7 +70,7 @@ _MANY_SMALL = r"""
 import json, os, sys, time, tempfile
 from pathlib import Path
 from comfy.delivery.deliver import plan_delivery
-from comfy.job.input import OutputRequest
+from comfy.delivery.request import OutputRequest
 from comfy.media.settings import MediaSettings
 from comfy.delivery.outputs import OutputFile, OutputKind
 endpoint, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

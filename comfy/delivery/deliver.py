@@ -19,12 +19,12 @@ from typing import Any
 
 import pybase64
 
-from comfy.errors import OutputError
-from comfy.job.input import OutputRequest
-from comfy.media.settings import MediaSettings
 from comfy.delivery.outputs import OutputFile, OutputKind
 from comfy.delivery.poster import POSTER_CONTENT_TYPE, make_poster
+from comfy.delivery.request import OutputRequest
 from comfy.delivery.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
+from comfy.errors import OutputError
+from comfy.media.settings import MediaSettings
 from comfy.media.url_safety import check_url
 
 

@@ -79,7 +79,7 @@ def _run(
     # Storage settings and a job-chosen endpoint are checked before anything is fetched or run.
     delivery = plan_delivery(job.output, media, job.task_id or job_id, settings.comfy_python)
     runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
-    staged = stage_inputs(job, settings, client, media, cancel)
+    staged = stage_inputs(job.images, job.inputs, job.workflow, settings, client, media, cancel)
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
     prompt_id: str | None = None
     history: dict[str, Any] | None = None

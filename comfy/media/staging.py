@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 from comfy.server.client import ComfyClient
 from comfy.media.downloads import DownloadCancelled, InputTooLarge, download_to_file
 from comfy.errors import InvalidJobInput
-from comfy.job.input import JobInput, MediaInput, decode_base64_payload
+from comfy.media.request import ImageInput, MediaInput, decode_base64_payload
 from comfy.media.settings import MediaSettings
 from comfy.settings import WorkerSettings
 
@@ -86,22 +86,23 @@ def write_input_file(
 
 
 def stage_inputs(
-    job: JobInput, settings: WorkerSettings, client: ComfyClient, media: MediaSettings | None = None,
-    cancel: threading.Event | None = None,
+    images: list[ImageInput], inputs: list[MediaInput], workflow: dict[str, Any], settings: WorkerSettings,
+    client: ComfyClient, media: MediaSettings | None = None, cancel: threading.Event | None = None,
 ) -> StagedInputs:
     """Write the job's images (worker-comfyui `images`) under the names the workflow uses,
-    then fetch its `inputs` and point their nodes' fields at them; `cancel` stops downloads."""
+    then fetch its `inputs` and point their nodes' fields at them (in `workflow`, whose
+    changed nodes are replaced, not edited); `cancel` stops downloads."""
     staged = StagedInputs()
     try:
-        for image in job.images:
+        for image in images:
             write_input_file(image.name, image.data, settings, client, staged)
-        if job.inputs:
+        if inputs:
             media = media or MediaSettings.from_env()
-            check_input_targets(job.inputs, job.workflow, client.object_info())
-            names = _stage_all(job.inputs, uuid.uuid4().hex[:12], settings, client, media, staged, cancel)
-            for item, name in zip(job.inputs, names):
-                node = job.workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
-                job.workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
+            check_input_targets(inputs, workflow, client.object_info())
+            names = _stage_all(inputs, uuid.uuid4().hex[:12], settings, client, media, staged, cancel)
+            for item, name in zip(inputs, names):
+                node = workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
+                workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
     except BaseException:
         staged.cleanup()
         raise

@@ -190,8 +190,8 @@ def test_names_are_unique_per_job(worker):
     payload = {"workflow": invert_graph(), "inputs": [{"node": "1", "field": "image", "base64": b64(png_bytes()), "name": "same.png"}]}
     first, second = parse_job_input(payload), parse_job_input(payload)
     runtime = worker.RUNTIME
-    staged_first = stage_inputs(first, runtime.settings, runtime.client, MediaSettings())
-    staged_second = stage_inputs(second, runtime.settings, runtime.client, MediaSettings())
+    staged_first = stage_inputs(first.images, first.inputs, first.workflow, runtime.settings, runtime.client, MediaSettings())
+    staged_second = stage_inputs(second.images, second.inputs, second.workflow, runtime.settings, runtime.client, MediaSettings())
     try:
         name_first = first.workflow["1"]["inputs"]["image"]
         name_second = second.workflow["1"]["inputs"]["image"]
