@@ -1,8 +1,10 @@
 """RunPod serverless entry point: one ComfyUI per container, one workflow per job.
 
 ComfyUI is started first, before the heavy imports (runpod takes ~2 s to import), so its
-boot overlaps the worker's. The handler is async: RunPod's job polling and cancellation
-keep working while the blocking job runs in a thread.
+boot overlaps the worker's; custom nodes from CUSTOM_NODES are installed (or found on the
+volume) just before. The warm-up (WARMUP_WORKFLOW) runs before the SDK asks for jobs. The
+handler is async: RunPod's job polling and cancellation keep working while the blocking
+job runs in a thread.
 
     python handler.py                          # run test_input.json once (exit 0 / 1)
     python handler.py --test_input '<json>'    # run that job once
@@ -14,16 +16,18 @@ import sys
 
 from comfy.settings import SettingsError, WorkerSettings
 from comfy.server.process import ComfyProcess, ComfyStartError
+from comfy.worker.boot import BootError, prepare_boot
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("worker")
 
 try:
     SETTINGS = WorkerSettings.from_env()
-except SettingsError as exc:
+    BOOT = prepare_boot(SETTINGS)  # CUSTOM_NODES, and the model folders ComfyUI is told about
+except (SettingsError, BootError) as exc:
     sys.exit(f"worker: {exc}")
 
-PROCESS = None if SETTINGS.attach_mode else ComfyProcess(SETTINGS)
+PROCESS = None if SETTINGS.attach_mode else ComfyProcess(BOOT.settings)
 if PROCESS is not None:
     try:
         PROCESS.start()
@@ -41,8 +45,10 @@ import runpod  # noqa: E402
 from comfy.job.run import run_job  # noqa: E402
 from comfy.server.runtime import WorkerRuntime  # noqa: E402
 from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
+from comfy.worker.warmup import WarmupReport, run_warmup  # noqa: E402
 
-RUNTIME = WorkerRuntime(SETTINGS, PROCESS)
+RUNTIME = WorkerRuntime(BOOT.settings, PROCESS, BOOT.custom_nodes)
+WARMUP = WarmupReport()  # the warm-up's, once it ran (below, before the SDK asks for jobs)
 # The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.
 HEARTBEAT = WorkerHeartbeat.from_env().start()
 atexit.register(HEARTBEAT.stop)
@@ -61,7 +67,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     job_input = job.get("input")
     HEARTBEAT.set_current_task(job_input.get("task_id") if isinstance(job_input, dict) else None)
     try:
-        return await asyncio.to_thread(run_job, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
+        result = await asyncio.to_thread(run_job, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
+        return WARMUP.add_to_first_result(result)
     except asyncio.CancelledError:
         cancel.set()  # the job thread interrupts ComfyUI and removes the prompt
         raise
@@ -70,4 +77,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # Before the SDK's first job request: no billed job waits for ComfyUI's start or model loads.
+    WARMUP = run_warmup(RUNTIME, SETTINGS.warmup_workflow)
+    if not WARMUP.ok and SETTINGS.warmup_required:
+        sys.exit(f"worker: the warm-up failed and WARMUP_REQUIRED is set: {WARMUP.error}")
     runpod.serverless.start({"handler": handler})

@@ -22,7 +22,8 @@ Gated downloads: the token is read from ``--token-file`` (a Docker build secret,
 lands in a layer) or the ``HF_TOKEN`` environment variable, and sent as ``Authorization:
 Bearer`` only to the hosts in ``--token-hosts`` (and their subdomains), never along redirects.
 
-Standard library only: it runs in the image before anything else is installed. Exit status:
+Standard library only (with comfy/models/files.py, ComfyUI's folder names, shared with the
+worker): it runs in the image before anything else is installed. Exit status:
 0 done, 1 a download or a hash failed, 2 the manifest or the arguments are wrong.
 """
 
@@ -43,15 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-# ComfyUI 0.3.75's model folders (folder_paths.py), plus the legacy names it maps
-# (unet -> diffusion_models, clip -> text_encoders). tests/builder checks this list
-# against the real folder_paths.py.
-MODEL_FOLDERS = frozenset({
-    "audio_encoders", "checkpoints", "classifiers", "clip", "clip_vision", "configs", "controlnet",
-    "diffusers", "diffusion_models", "embeddings", "gligen", "hypernetworks", "latent_upscale_models",
-    "loras", "model_patches", "photomaker", "style_models", "text_encoders", "unet", "upscale_models",
-    "vae", "vae_approx",
-})
+# ComfyUI's model folders are shared with the worker's model cache: comfy/models/files.py,
+# standard library only, beside builder/ here and in the image.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from comfy.models.files import MODEL_FOLDERS, bad_relative as _bad_relative, file_sha256, valid_folder  # noqa: E402
+
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
 READ_TIMEOUT_S = 60  # longest silence while connecting or reading
@@ -79,11 +77,6 @@ class ModelFile:
         return PurePosixPath(self.folder) / self.filename
 
 
-def _bad_relative(path: str) -> bool:
-    parts = PurePosixPath(path).parts
-    return path.startswith("/") or not parts or any(part in ("..", ".") for part in parts) or "\\" in path
-
-
 def parse_manifest(text: str, source: str = "models.txt") -> list[ModelFile]:
     """Parse the manifest; every problem is collected and raised at once as ManifestError."""
     files: list[ModelFile] = []
@@ -103,7 +96,7 @@ def parse_manifest(text: str, source: str = "models.txt") -> list[ModelFile]:
         if scheme not in ("https", "http", "file"):
             problems.append(f"{where}: {url!r} is not an https://, http:// or file:// URL")
             continue
-        if _bad_relative(folder) or PurePosixPath(folder).parts[0] not in MODEL_FOLDERS:
+        if not valid_folder(folder):
             problems.append(
                 f"{where}: unknown model folder {fields[1]!r}; use one of ComfyUI's: "
                 + ", ".join(sorted(MODEL_FOLDERS))
@@ -127,14 +120,6 @@ def parse_manifest(text: str, source: str = "models.txt") -> list[ModelFile]:
     if problems:
         raise ManifestError("\n".join(problems))
     return files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _host_matches(host: str, token_hosts: list[str]) -> bool:

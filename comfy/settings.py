@@ -24,6 +24,20 @@ class FreeAfterJob(str, Enum):
     MODELS = "models"
 
 
+RUNPOD_VOLUME = Path("/runpod-volume")  # where RunPod mounts a network volume
+LOCAL_STATE = Path("/tmp/comfy-worker")  # the container's own disk, when no volume is mounted
+RUNPOD_HF_CACHE = RUNPOD_VOLUME / "huggingface-cache" / "hub"  # RunPod's cached models
+
+
+def on_volume(folder: str, volume: Path = RUNPOD_VOLUME) -> Path:
+    """`<volume>/comfy-worker/<folder>` when a network volume is mounted there, else the container's disk.
+
+    RunPod mounts its cached models under /runpod-volume too, without a network volume; so
+    the test is whether /runpod-volume itself is a mount point.
+    """
+    return (volume / "comfy-worker" if os.path.ismount(volume) else LOCAL_STATE) / folder
+
+
 class SettingsError(ValueError):
     """An environment variable has a value the worker cannot use."""
 
@@ -73,6 +87,12 @@ class WorkerSettings:
     refresh_after_crash: bool = True  # REFRESH_WORKER_AFTER_CRASH: ...after ComfyUI crashed
     max_images: int = 100  # MAX_INPUT_IMAGES: images per job
     progress_interval_s: float = 0.5  # PROGRESS_INTERVAL_S: least time between progress updates
+    warmup_workflow: str | None = None  # WARMUP_WORKFLOW: a file, or inline JSON, run before the first job
+    warmup_required: bool = False  # WARMUP_REQUIRED: a failed warm-up stops the worker
+    model_cache_dir: Path | None = None  # MODEL_CACHE_DIR; unset: on_volume("models")
+    hf_hub_cache: Path = RUNPOD_HF_CACHE  # HF_HUB_CACHE: a Hugging Face hub cache shown to ComfyUI
+    custom_nodes: str | None = None  # CUSTOM_NODES: a manifest file, or its lines, installed at boot
+    custom_nodes_dir: Path | None = None  # CUSTOM_NODES_DIR; unset: on_volume("custom-nodes")
 
     @property
     def attach_mode(self) -> bool:
@@ -82,6 +102,16 @@ class WorkerSettings:
     @property
     def base_url(self) -> str:
         return self.comfy_url or f"http://{self.comfy_host}:{self.comfy_port}"
+
+    @property
+    def model_cache_root(self) -> Path:
+        """Where models fetched for jobs live (shared by every worker on the network volume)."""
+        return self.model_cache_dir or on_volume("models")
+
+    @property
+    def custom_nodes_root(self) -> Path:
+        """Where CUSTOM_NODES installs go, one folder per manifest."""
+        return self.custom_nodes_dir or on_volume("custom-nodes")
 
     def comfy_folder(self, folder_type: str) -> Path | None:
         """ComfyUI's input/, output/ or temp/ folder when it exists on this machine."""
@@ -123,4 +153,10 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "refresh_after_crash": ("REFRESH_WORKER_AFTER_CRASH", _boolean),
     "max_images": ("MAX_INPUT_IMAGES", _number(int, 0)),
     "progress_interval_s": ("PROGRESS_INTERVAL_S", _number(float, 0)),
+    "warmup_workflow": ("WARMUP_WORKFLOW", lambda raw: raw or None),
+    "warmup_required": ("WARMUP_REQUIRED", _boolean),
+    "model_cache_dir": ("MODEL_CACHE_DIR", lambda raw: Path(raw) if raw else None),
+    "hf_hub_cache": ("HF_HUB_CACHE", lambda raw: Path(raw) if raw else RUNPOD_HF_CACHE),
+    "custom_nodes": ("CUSTOM_NODES", lambda raw: raw or None),
+    "custom_nodes_dir": ("CUSTOM_NODES_DIR", lambda raw: Path(raw) if raw else None),
 }

@@ -48,13 +48,18 @@ def worker_env(comfy_path: Path, port: int, **extra: str) -> dict[str, str]:
     """Environment for a worker that starts its own ComfyUI from comfy_path on port."""
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("RUNPOD_", "COMFY_")) or k == "COMFY_TEST_CACHE"
+        if not k.startswith(("RUNPOD_", "COMFY_", "MODEL_CACHE_", "WARMUP_", "CUSTOM_NODES", "HF_"))
+        or k == "COMFY_TEST_CACHE"
     }
     env.update(
         COMFY_PATH=str(comfy_path),
         COMFY_PORT=str(port),
         COMFY_PYTHON=str(comfy_cache() / "venv" / "bin" / "python"),
         COMFY_ARGS="--cpu",
+        # beside the ComfyUI copy, never the machine's /runpod-volume or /tmp defaults
+        MODEL_CACHE_DIR=str(comfy_path.parent / "model-cache"),
+        CUSTOM_NODES_DIR=str(comfy_path.parent / "custom-nodes"),
+        HF_HUB_CACHE=str(comfy_path.parent / "huggingface-hub"),
     )
     env.update(extra)
     return env

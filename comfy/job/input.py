@@ -1,7 +1,8 @@
 """The job input: what a RunPod request may carry, validated at the boundary.
 
 The file models it carries live with the parts that use them: `ImageInput` and
-`MediaInput` in comfy/media/request.py, `OutputRequest` in comfy/delivery/request.py.
+`MediaInput` in comfy/media/request.py, `ModelRequest` in comfy/models/request.py,
+`OutputRequest` in comfy/delivery/request.py.
 
 Accepts runpod-workers/worker-comfyui's input unchanged (`workflow`, `images`,
 `comfy_org_api_key`) and the seed's task params (`video_url`, `video_node_id`,
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from comfy.delivery.request import OutputRequest
 from comfy.errors import InvalidJobInput
 from comfy.media.request import ImageInput, MediaInput
+from comfy.models.request import ModelRequest, check_model_list
 
 MAX_TIMEOUT_S = 24 * 3600.0
 
@@ -38,6 +40,9 @@ class JobInput(BaseModel):
     include_temp: bool = Field(default=False, description="also return temp files (PreviewImage)")
     inputs: list[MediaInput] = Field(default_factory=list, description="files for any node: url, base64 or data URI")
     output: OutputRequest = Field(default_factory=OutputRequest, description="where output files go")
+    models: list[ModelRequest] = Field(
+        default_factory=list, description="model files to fetch into the shared cache before the workflow runs"
+    )
     task_id: str | None = Field(
         default=None, max_length=200, description="the Supabase task this job runs (set by the dispatcher; for heartbeats and logs)"
     )
@@ -83,6 +88,11 @@ class JobInput(BaseModel):
                 raise ValueError(f"image name {image.name!r} is given twice")
             seen.add(image.name)
         return images
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[ModelRequest]) -> list[ModelRequest]:
+        return check_model_list(models)
 
     @field_validator("video_node_id", mode="before")
     @classmethod

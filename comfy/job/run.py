@@ -21,6 +21,7 @@ from comfy.errors import ComfyUnavailable, JobError, JobTimeout
 from comfy.media.staging import stage_inputs
 from comfy.job.input import JobInput, parse_job_input
 from comfy.media.settings import MediaSettings
+from comfy.models.fetch import JobModels, fetch_job_models
 from comfy.server.monitor import Cancelled, DeadlineExceeded
 from comfy.delivery.cleanup import mark_output_nodes, remove_prompt_files
 from comfy.delivery.outputs import collect_outputs
@@ -44,15 +45,19 @@ def run_job(
     job_id: str,
     send_progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: threading.Event | None = None,
+    discard_outputs: bool = False,
 ) -> dict[str, Any]:
-    """Run one job and return the RunPod result (`error` set on failure)."""
+    """Run one job and return the RunPod result (`error` set on failure).
+
+    discard_outputs (the warm-up): run the workflow, deliver nothing; its files are removed.
+    """
     started = time.monotonic()
     cancel = cancel or threading.Event()
     crashed = False
     with runtime.job_lock:
         try:
             job = parse_job_input(raw_input, max_images=runtime.settings.max_images)
-            result = _run(runtime, job, job_id, send_progress, cancel, started)
+            result = _run(runtime, job, job_id, send_progress, cancel, started, discard_outputs)
         except JobError as exc:
             log.warning("job %s failed: %s", job_id, exc.message)
             result = exc.to_result()
@@ -73,19 +78,27 @@ def _run(
     send_progress: Callable[[dict[str, Any]], None] | None,
     cancel: threading.Event,
     started: float,
+    discard_outputs: bool = False,
 ) -> dict[str, Any]:
     settings, client = runtime.settings, runtime.client
     media = MediaSettings.from_env()  # per job: cheap, and an operator's change applies at once
     # Storage settings and a job-chosen endpoint are checked before anything is fetched or run.
-    delivery = plan_delivery(job.output, media, job.task_id or job_id, settings.comfy_python)
-    runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
-    staged = stage_inputs(job.images, job.inputs, job.workflow, settings, client, media, cancel)
+    delivery = None if discard_outputs else plan_delivery(job.output, media, job.task_id or job_id, settings.comfy_python)
+    # Models first: a cold start's downloads overlap ComfyUI's boot. Held (never evicted) until the job ends.
+    models = fetch_job_models(job.models, job.workflow, settings.model_cache_root, media, cancel, send_progress,
+                              settings.progress_interval_s)
+    try:
+        runtime.ensure_ready()  # a cold start waits for ComfyUI here, outside the job's deadline
+        staged = stage_inputs(job.images, job.inputs, job.workflow, settings, client, media, cancel)
+    except BaseException:
+        models.release()
+        raise
     scratch = Path(tempfile.mkdtemp(prefix=f"comfy-job-{job_id[:40]}-"))
     prompt_id: str | None = None
     history: dict[str, Any] | None = None
     try:
         graph = job.workflow
-        validate_graph(graph, client.object_info())
+        validate_graph(graph, client.object_info(), runtime.explain_unknown_class)
         # Output files are removed after delivery; this keeps a repeated identical job from
         # being answered from ComfyUI's cache with those removed files (comfy/delivery/cleanup.py).
         mark_output_nodes(graph, client.object_info(), uuid.uuid4().hex)
@@ -111,8 +124,11 @@ def _run(
             raise JobCancelled("the job was cancelled; ComfyUI was interrupted", details={"prompt_id": prompt_id}) from None
         history = finished.history
         fetch_started = time.monotonic()
-        files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
-        result = delivery.deliver(files)  # the files are removed below, with the rest of the prompt's
+        if delivery is None:
+            result: dict[str, Any] = {}
+        else:
+            files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
+            result = delivery.deliver(files)  # the files are removed below, with the rest of the prompt's
         done = time.monotonic()
         result["prompt_id"] = prompt_id
         result["timings"] = {
@@ -124,12 +140,21 @@ def _run(
             "fetch_ms": round((done - fetch_started) * 1000, 1),
             "total_ms": round((done - started) * 1000, 1),
         }
+        _add_models(result, models)
         return result
     finally:
         staged.cleanup()
+        models.release()
         shutil.rmtree(scratch, ignore_errors=True)
         if prompt_id is not None:
             _remove_prompt_files(runtime, prompt_id, history)
+
+
+def _add_models(result: dict[str, Any], models: JobModels) -> None:
+    """The job's fetched models and their fetch time, when it listed any."""
+    if models.outcomes:
+        result["timings"]["model_fetch_ms"] = models.fetch_ms
+        result["models"] = models.summary()
 
 
 def _remove_prompt_files(runtime: WorkerRuntime, prompt_id: str, history: dict[str, Any] | None) -> None:

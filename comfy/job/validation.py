@@ -8,7 +8,7 @@ ComfyUI, whose 400 answer is turned into a structured error too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -64,17 +64,23 @@ def _check_number(kind: str, value: Any, options: dict[str, Any]) -> str | None:
     return None
 
 
-def find_problems(graph: dict[str, Any], object_info: dict[str, Any]) -> list[GraphProblem]:
-    """Every problem of the graph, in node order. Empty when it looks runnable."""
+def find_problems(
+    graph: dict[str, Any], object_info: dict[str, Any], explain_unknown: Callable[[str], str | None] | None = None,
+) -> list[GraphProblem]:
+    """Every problem of the graph, in node order. Empty when it looks runnable.
+
+    explain_unknown(class_type) may say why a class is missing (a custom node that failed).
+    """
     problems: list[GraphProblem] = []
     has_output_node = False
     for node_id, node in graph.items():
         class_type = node.get("class_type")
         info = object_info.get(class_type)
         if info is None:
+            why = explain_unknown(class_type) if explain_unknown is not None else None
             problems.append(GraphProblem(
                 node_id=node_id, class_type=class_type,
-                message=f"unknown node class '{class_type}' (not installed in this ComfyUI)",
+                message=f"unknown node class '{class_type}' ({why or 'not installed in this ComfyUI'})",
             ))
             continue
         has_output_node = has_output_node or bool(info.get("output_node"))
@@ -131,9 +137,11 @@ def find_problems(graph: dict[str, Any], object_info: dict[str, Any]) -> list[Gr
     return problems
 
 
-def validate_graph(graph: dict[str, Any], object_info: dict[str, Any]) -> None:
+def validate_graph(
+    graph: dict[str, Any], object_info: dict[str, Any], explain_unknown: Callable[[str], str | None] | None = None,
+) -> None:
     """Raise InvalidWorkflow listing every problem, or return when there is none."""
-    problems = find_problems(graph, object_info)
+    problems = find_problems(graph, object_info, explain_unknown)
     if problems:
         raise InvalidWorkflow(
             f"the workflow has {len(problems)} problem(s): " + "; ".join(p.describe() for p in problems),

@@ -12,10 +12,16 @@ during a backoff wait, so a cancelled job does not hold the worker for a whole f
 A retry after a connection cut mid-body continues where it stopped (`Range` + `If-Range`)
 when the server offered byte ranges and a validator (a strong ETag or Last-Modified) for
 an uncompressed body; otherwise, or if the file changed meanwhile, it starts over.
+
+Callers that need more (the model cache) can ask for extra headers per host (an auth
+token that must not follow a redirect to another host), a sha256 of the body computed as
+it is written (continued across a resumed download, restarted with the file), and a
+progress callback.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -23,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -72,9 +79,12 @@ class _Partial:
     written: int = 0
     validator: str | None = None  # strong ETag or Last-Modified of the body being continued
     resumable: bool = False
+    digest: Any = None  # hashlib.sha256 of the bytes written so far, when asked for
 
     def restart(self) -> None:
         self.written, self.validator, self.resumable = 0, None, False
+        if self.digest is not None:
+            self.digest = hashlib.sha256()
 
     def range_headers(self) -> dict[str, str]:
         if not (self.resumable and self.written and self.validator):
@@ -94,25 +104,37 @@ class DownloadedFile:
     content_type: str | None
     final_url: str
     attempts: int
+    sha256: str | None = None  # hex digest of the body, when download_to_file was asked for it
+
+
+HeadersForHost = Callable[[str], dict[str, str]]
+ProgressCallback = Callable[[int, int | None], None]  # (bytes written, total or None)
 
 
 def download_to_file(
     url: str, dest: Path, settings: MediaSettings, client: httpx.Client | None = None,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, headers_for_host: HeadersForHost | None = None,
+    sha256: bool = False, on_progress: ProgressCallback | None = None,
 ) -> DownloadedFile:
-    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL, DownloadCancelled) saying what went wrong."""
+    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL, DownloadCancelled) saying what went wrong.
+
+    headers_for_host(host) gives extra headers for each request (each redirect hop asks
+    again); sha256=True fills DownloadedFile.sha256; on_progress is called as bytes arrive.
+    """
     cancel = cancel or threading.Event()
+    hooks = _Hooks(headers_for_host, on_progress)
     own_client = client is None
     if client is None:
         client = new_download_client(settings)
     deadline = time.monotonic() + settings.download_total_timeout_s
-    partial = _Partial(dest.with_name(f".{dest.name}.part"))
+    partial = _Partial(dest.with_name(f".{dest.name}.part"), digest=hashlib.sha256() if sha256 else None)
     try:
         attempts = settings.download_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                result = _fetch_once(client, url, dest, partial, settings, deadline, cancel)
-                return DownloadedFile(result[0], result[1], result[2], result[3], attempt)
+                result = _fetch_once(client, url, dest, partial, settings, deadline, cancel, hooks)
+                digest = partial.digest.hexdigest() if partial.digest is not None else None
+                return DownloadedFile(result[0], result[1], result[2], result[3], attempt, digest)
             except _Transient as transient:
                 # A server that says when to come back (429/503 Retry-After) is waited for, unless
                 # that is past the download's deadline: then there is no point waiting at all.
@@ -132,6 +154,12 @@ def download_to_file(
         partial.path.unlink(missing_ok=True)  # gone after success (renamed) or any final failure
         if own_client:
             client.close()
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    headers_for_host: HeadersForHost | None = None
+    on_progress: ProgressCallback | None = None
 
 
 def new_download_client(settings: MediaSettings) -> httpx.Client:
@@ -159,12 +187,13 @@ def _cancelled(url: str) -> DownloadCancelled:
 
 def _fetch_once(
     client: httpx.Client, url: str, dest: Path, partial: _Partial, settings: MediaSettings, deadline: float,
-    cancel: threading.Event,
+    cancel: threading.Event, hooks: _Hooks,
 ) -> tuple[Path, int, str | None, str]:
     current = url
     for _hop in range(settings.download_max_redirects + 1):
         checked = check_url(current, allow_private=settings.allow_private_urls)
-        response = _open(client, checked, partial.range_headers())
+        extra = hooks.headers_for_host(checked.host) if hooks.headers_for_host else {}
+        response = _open(client, checked, {**extra, **partial.range_headers()})
         try:
             status = response.status_code
             if status in _REDIRECTS:
@@ -184,7 +213,7 @@ def _fetch_once(
                     details={"host": checked.host, "status": status},
                 )
             append = _continues(response, checked, partial)
-            size = _stream_body(response, checked, dest, partial, append, settings, deadline, cancel)
+            size = _stream_body(response, checked, dest, partial, append, settings, deadline, cancel, hooks)
             return dest, size, response.headers.get("content-type"), current
         finally:
             response.close()
@@ -271,7 +300,7 @@ def _too_large(checked: CheckedURL, size: int | str, limit: int) -> InputTooLarg
 
 def _stream_body(
     response: httpx.Response, checked: CheckedURL, dest: Path, partial: _Partial, append: bool,
-    settings: MediaSettings, deadline: float, cancel: threading.Event,
+    settings: MediaSettings, deadline: float, cancel: threading.Event, hooks: _Hooks,
 ) -> int:
     limit = settings.max_input_bytes
     if append:
@@ -292,6 +321,9 @@ def _stream_body(
             and partial.validator is not None
         )
     written = partial.written if append else 0
+    if not append and partial.digest is not None:
+        partial.digest = hashlib.sha256()
+    total = int(declared) if declared and declared.isdigit() else None
     with open(partial.path, "ab" if append else "wb") as out:
         try:
             # As the bytes arrive (no re-chunking buffer): what came before a cut is on disk to continue from.
@@ -299,8 +331,12 @@ def _stream_body(
                 if written + len(chunk) > limit:
                     raise _too_large(checked, f"more than {limit}", limit)
                 out.write(chunk)
+                if partial.digest is not None:
+                    partial.digest.update(chunk)
                 written += len(chunk)
                 partial.written = written  # what a retry can continue from
+                if hooks.on_progress is not None:
+                    hooks.on_progress(written, total)
                 if cancel.is_set():
                     raise _cancelled(checked.url)
                 if time.monotonic() > deadline:

@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -27,6 +28,8 @@ comfy_log = logging.getLogger("comfyui")
 
 READY_POLL_S = 0.025  # the issue allows 50 ms; ComfyUI answers /system_stats in ~1 ms
 LOG_TAIL_LINES = 60
+# ComfyUI's line for a custom node whose import raised (nodes.py, load_custom_node)
+_CUSTOM_NODE_IMPORT_FAILED = re.compile(r"Cannot import (.+) module for custom nodes: (.*)$")
 
 
 class ComfyStartError(RuntimeError):
@@ -74,6 +77,8 @@ class ComfyProcess:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.restarts = 0
+        # custom node module path -> ComfyUI's error, from the log of the current process
+        self.custom_node_import_errors: dict[str, str] = {}
         self.started_at: float | None = None
         self.ready_at: float | None = None
         # Children get a parent-death signal tied to the thread that spawned them, so
@@ -103,6 +108,7 @@ class ComfyProcess:
                 raise ComfyStartError(f"no ComfyUI at COMFY_PATH={self.settings.comfy_path} (main.py not found)")
             self._ready.clear()
             self._tail.clear()
+            self.custom_node_import_errors = {}
             if self._proc is not None:
                 self.restarts += 1
             self.started_at = time.monotonic()
@@ -149,6 +155,8 @@ class ComfyProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             self._tail.append(line)
             comfy_log.info("[comfyui] %s", line)
+            if (failed := _CUSTOM_NODE_IMPORT_FAILED.search(line)) is not None:
+                self.custom_node_import_errors[failed.group(1)] = failed.group(2)
         proc.stdout.close()
 
     def wait_ready(self, timeout_s: float | None = None) -> None:

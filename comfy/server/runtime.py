@@ -7,6 +7,7 @@ import threading
 
 from comfy.server.client import ComfyClient
 from comfy.errors import ComfyUnavailable
+from comfy.nodes.provision import CustomNodeSet
 from comfy.server.events import ComfyEvents
 from comfy.server.monitor import PromptMonitor
 from comfy.server.process import ComfyProcess, ComfyStartError
@@ -18,9 +19,12 @@ log = logging.getLogger("comfy.server.runtime")
 class WorkerRuntime:
     """One per worker process. Jobs run one at a time through it."""
 
-    def __init__(self, settings: WorkerSettings, process: ComfyProcess | None = None) -> None:
+    def __init__(self, settings: WorkerSettings, process: ComfyProcess | None = None,
+                 custom_nodes: CustomNodeSet | None = None) -> None:
         self.settings = settings
         self.process = process
+        self.custom_nodes = custom_nodes  # installed from CUSTOM_NODES at boot, if set
+        self._reported_imports_of: int | None = None
         self.client = ComfyClient(settings.base_url)
         self.events = ComfyEvents(self.client.ws_url)
         self.monitor = PromptMonitor(self.client, self.events, self.comfy_alive, self.describe_death)
@@ -59,6 +63,22 @@ class WorkerRuntime:
             self.client.system_stats()  # raises ComfyUnavailable with the reason
         if not self.events.connected and not self.events.connect():
             log.warning("websocket to ComfyUI could not be opened; following /history instead")
+        self._report_custom_node_imports()
+
+    def _report_custom_node_imports(self) -> None:
+        """Name each CUSTOM_NODES node ComfyUI could not import, once per ComfyUI process."""
+        if self.custom_nodes is None or self.process is None or self._reported_imports_of == self.process.pid:
+            return
+        self._reported_imports_of = self.process.pid
+        for failure in self.custom_nodes.import_failures(self.process.custom_node_import_errors):
+            log.error("%s", failure.describe())
+
+    def explain_unknown_class(self, class_type: str) -> str | None:
+        """Why a node class may be missing: a CUSTOM_NODES node that failed to install or import."""
+        if self.custom_nodes is None:
+            return None
+        errors = self.process.custom_node_import_errors if self.process is not None else {}
+        return self.custom_nodes.explain(class_type, errors)
 
     def shutdown(self) -> None:
         self.events.close()

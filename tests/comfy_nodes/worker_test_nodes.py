@@ -105,10 +105,37 @@ class TestTextOutput:
         return {"ui": {"text": [text, text.upper()]}}
 
 
+class TestLoadLora:
+    """Loads a file from the loras folder the way ComfyUI's LoraLoader does, and reports its tensors.
+
+    The combo input is ComfyUI's own file list (so a file the worker's model cache has not
+    made visible fails validation), and the file goes through folder_paths and
+    comfy.utils.load_torch_file, the loader every model node uses.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": (folder_paths.get_filename_list("loras"),)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, lora_name):
+        import comfy.utils
+
+        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        tensors = comfy.utils.load_torch_file(path, safe_load=True)
+        described = [f"{name}:{list(t.shape)}:{float(t.float().sum()):.4f}" for name, t in sorted(tensors.items())]
+        return {"ui": {"text": described}}
+
+
 NODE_CLASS_MAPPINGS = {
     "TestRaise": TestRaise,
     "TestSleep": TestSleep,
     "TestProgress": TestProgress,
     "TestGifOutput": TestGifOutput,
     "TestTextOutput": TestTextOutput,
+    "TestLoadLora": TestLoadLora,
 }
