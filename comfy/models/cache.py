@@ -346,7 +346,7 @@ class ModelCache:
             try:
                 got = download_to_file(
                     request.url, scratch / "file", settings, cancel=cancel, sha256=True,
-                    headers_for_host=_hf_auth(hf_token),
+                    headers_for_host=hf_auth_headers(hf_token),
                     on_progress=(lambda done, total: progress(request.key, done, total, False)) if progress else None,
                 )
             except InputTooLarge:
@@ -463,7 +463,7 @@ def _host(url: str) -> str:
 HF_HOSTS = frozenset({"huggingface.co", "hf.co"})
 
 
-def _hf_auth(token: str | None) -> Callable[[str], dict[str, str]] | None:
+def hf_auth_headers(token: str | None) -> Callable[[str], dict[str, str]] | None:
     """The token goes to Hugging Face's own hosts only, never along a redirect to its CDN or elsewhere."""
     if not token:
         return None

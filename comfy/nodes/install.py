@@ -13,11 +13,18 @@ from typing import Mapping
 
 from comfy.nodes.manifest import CustomNode
 
-PIP_LOG_TAIL_CHARS = 1500
+PIP_LOG_TAIL_CHARS = 3000
 
 
 class InstallError(RuntimeError):
-    """A node could not be installed; the message names the node and the cause."""
+    """A node could not be installed; the message names the node and the cause.
+
+    `output` holds the tail of pip's output when it was captured.
+    """
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:
@@ -91,9 +98,10 @@ def install_requirements(
     done = subprocess.run(command, cwd=folder, env=dict(env) if env is not None else None,
                           capture_output=capture, text=True)
     if done.returncode != 0:
-        tail = ""
-        if capture:
-            output = (done.stdout or "") + (done.stderr or "")
-            tail = ": " + output.strip()[-PIP_LOG_TAIL_CHARS:]
-        raise InstallError(f"{node.name}: installing {requirements} failed (pip exit status {done.returncode}){tail}")
+        output = ((done.stdout or "") + (done.stderr or "")).strip()[-PIP_LOG_TAIL_CHARS:] if capture else ""
+        # pip's own ERROR lines say why (a conflict, a missing package); the rest goes in `output`
+        errors = [line for line in output.splitlines() if line.startswith("ERROR:")][-2:]
+        why = (": " + " ".join(errors)) if errors else ""
+        raise InstallError(f"{node.name}: installing its requirements.txt failed (pip exit status {done.returncode}){why}",
+                           output)
     return True

@@ -101,10 +101,13 @@ class NodeFailure:
     reason: str
     source: Path | None  # its code, if it was checked out
 
-    def describe(self) -> str:
-        what = {"checkout": "could not be fetched", "requirements": "could not install its requirements",
+    @property
+    def what(self) -> str:
+        return {"checkout": "could not be fetched", "requirements": "could not install its requirements",
                 "import": "failed to import"}[self.stage]
-        return f"custom node {self.name!r} (CUSTOM_NODES) {what}: {self.reason}"
+
+    def describe(self) -> str:
+        return f"custom node {self.name!r} (CUSTOM_NODES) {self.what}: {self.reason}"
 
 
 @dataclass
@@ -115,7 +118,7 @@ class CustomNodeSet:
     nodes: list[CustomNode]
     python: str | None  # the layered virtualenv's Python, when any node had requirements
     failures: dict[str, NodeFailure] = field(default_factory=dict)
-    reused: bool = False
+    installed_now: list[str] = field(default_factory=list)  # nodes (re)installed by this boot; the rest were reused
     seconds: float = 0.0
     _scanned: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
 
@@ -142,7 +145,8 @@ class CustomNodeSet:
             return None
         providers = [f for f in failures if f.source is not None and self._mentions(f.source, class_type)]
         if providers:
-            return "; ".join(f"it comes from {f.describe()}" for f in providers)
+            return "; ".join(f"it comes from custom node {f.name!r} (CUSTOM_NODES), which {f.what}: {f.reason}"
+                             for f in providers)
         return "it may come from a custom node that failed: " + "; ".join(f.describe() for f in failures)
 
     def _mentions(self, source: Path, class_type: str) -> bool:
@@ -181,7 +185,8 @@ def _all_installed(state: dict | None, nodes: list[CustomNode]) -> bool:
     return bool(state) and all(state["nodes"].get(n.name, {}).get("status") == "installed" for n in nodes)
 
 
-def _node_set(root: Path, nodes: list[CustomNode], state: dict, reused: bool, started: float) -> CustomNodeSet:
+def _node_set(root: Path, nodes: list[CustomNode], state: dict, installed_now: list[str],
+              started: float) -> CustomNodeSet:
     failures = {}
     for node in nodes:
         record = state["nodes"].get(node.name, {})
@@ -190,7 +195,7 @@ def _node_set(root: Path, nodes: list[CustomNode], state: dict, reused: bool, st
             failures[node.name] = NodeFailure(node.name, node.url, record.get("stage", "checkout"),
                                               record.get("reason", "not installed"),
                                               source if source.is_dir() else None)
-    return CustomNodeSet(root, nodes, state.get("python"), failures, reused, time.monotonic() - started)
+    return CustomNodeSet(root, nodes, state.get("python"), failures, installed_now, time.monotonic() - started)
 
 
 def provision_custom_nodes(manifest: str, cache_root: Path, comfy_python: str,
@@ -203,7 +208,7 @@ def provision_custom_nodes(manifest: str, cache_root: Path, comfy_python: str,
     root = cache_root / key
     state = _read_state(root)
     if _all_installed(state, nodes):
-        return _node_set(root, nodes, state, True, started)
+        return _node_set(root, nodes, state, [], started)
     cache_root.mkdir(parents=True, exist_ok=True)
     lock = VolumeLock(cache_root / f"{key}.lock")
     lock.acquire(on_wait=lambda holder: log.info(
@@ -211,16 +216,18 @@ def provision_custom_nodes(manifest: str, cache_root: Path, comfy_python: str,
     try:
         state = _read_state(root)
         if _all_installed(state, nodes):
-            return _node_set(root, nodes, state, True, started)
+            return _node_set(root, nodes, state, [], started)
         root.mkdir(parents=True, exist_ok=True)
         state = state or {"recipe": RECIPE, "nodes": {}, "python": None,
                           "manifest": [[n.url, n.commit, n.name] for n in nodes]}
         installer = _Installer(root, interpreter, state)
+        installed_now = []
         for node in nodes:
-            if state["nodes"].get(node.name, {}).get("status") != "installed":
+            if state["nodes"].get(node.name, {}).get("status") != "installed":  # new, or failed last time: (re)try
                 installer.install(node)
+                installed_now.append(node.name)
                 _write_state(root, state)
-        return _node_set(root, nodes, state, False, started)
+        return _node_set(root, nodes, state, installed_now, started)
     finally:
         lock.release()
 
@@ -253,6 +260,8 @@ class _Installer:
             failed = self.root / "failed"
             failed.mkdir(exist_ok=True)
             os.replace(staging / node.name, failed / node.name)
+            if exc.output:
+                log.error("custom nodes: %s: pip said:\n%s", node.name, exc.output)
             self._failed(node, "requirements", str(exc))
             return
         (self.root / "nodes").mkdir(exist_ok=True)

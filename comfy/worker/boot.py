@@ -72,11 +72,10 @@ def prepare_boot(settings: WorkerSettings) -> Boot:
             raise BootError(str(exc)) from None
         except OSError as exc:
             raise BootError(f"CUSTOM_NODES: cannot install into {settings.custom_nodes_root}: {exc}") from None
-        how = "reused from" if custom_nodes.reused else "installed into"
-        log.info("custom nodes: %d of %d %s %s in %.2f s", len(custom_nodes.nodes) - len(custom_nodes.failures),
-                 len(custom_nodes.nodes), how, custom_nodes.root, custom_nodes.seconds)
-        for failure in custom_nodes.failures.values():
-            log.error("%s", failure.describe())
+        log.info("custom nodes: %d of %d ready in %s (%d reused, %d installed now) in %.2f s",
+                 len(custom_nodes.nodes) - len(custom_nodes.failures), len(custom_nodes.nodes), custom_nodes.root,
+                 len(custom_nodes.nodes) - len(custom_nodes.installed_now), len(custom_nodes.installed_now),
+                 custom_nodes.seconds)
         custom_nodes.nodes_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI lists every custom_nodes folder it is given
     scratch = Path(tempfile.mkdtemp(prefix="comfy-worker-boot-"))
     atexit.register(shutil.rmtree, scratch, True)

@@ -2,12 +2,13 @@
 
 The file server answers per path from a table each test fills in (`media_server.add`):
 a body, a redirect, a status, a slow or an endless body; it records every request's
-Host header and path.
+path and headers.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class Route:
     content_type: str = "application/octet-stream"
     location: str | None = None
     delay_s: float = 0.0  # before the headers
+    slow_first: int = 0  # only this many requests first wait delay_s (0: every request)
+    gate: threading.Event | None = None  # hold each request (before the headers) until the test sets it
     stall_after_headers_s: float = 0.0  # headers, then silence
     declared_length: int | None = None  # Content-Length to claim (default: len(body))
     endless_chunk: bytes | None = None  # stream this chunk forever (no Content-Length)
@@ -56,6 +59,7 @@ class MediaServer:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, Host header)
     arrivals: dict[str, list[float]] = field(default_factory=dict)  # path -> time.monotonic() of each request
     range_requests: dict[str, list[str | None]] = field(default_factory=dict)  # path -> Range header of each request
+    headers_seen: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # path -> headers of each request
 
     def add(self, path: str, **kwargs: Any) -> str:
         self.routes[path] = Route(**kwargs)
@@ -77,6 +81,7 @@ def _make_handler(server: MediaServer):
             server.requests.append((path, self.headers.get("Host", "")))
             server.arrivals.setdefault(path, []).append(time.monotonic())
             server.range_requests.setdefault(path, []).append(self.headers.get("Range"))
+            server.headers_seen.setdefault(path, []).append(dict(self.headers.items()))
             route = server.routes.get(path)
             if route is None:
                 route = Route(status=404, body=b"not found")
@@ -84,7 +89,10 @@ def _make_handler(server: MediaServer):
                 route.fail_first -= 1
                 self._answer(route.fail_status, b"busy", "text/plain", route.fail_headers)
                 return
-            time.sleep(route.delay_s)
+            if route.slow_first <= 0 or len(server.arrivals[path]) <= route.slow_first:
+                time.sleep(route.delay_s)
+            if route.gate is not None:
+                route.gate.wait(120)
             if route.location:
                 self.send_response(route.status)
                 self.send_header("Location", route.location)
@@ -149,18 +157,27 @@ def _make_handler(server: MediaServer):
     return Handler
 
 
-@pytest.fixture()
-def media_server() -> Iterator[MediaServer]:
-    """A file server on 127.0.0.1 for this test."""
+@contextlib.contextmanager
+def serving_media() -> Iterator[MediaServer]:
+    """A file server on 127.0.0.1 while the block runs."""
     holder = MediaServer(url="")
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(holder))
     httpd.daemon_threads = True
     holder.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield holder
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield holder
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture()
+def media_server() -> Iterator[MediaServer]:
+    """A file server on 127.0.0.1 for this test."""
+    with serving_media() as server:
+        yield server
 
 
 @pytest.fixture()

@@ -100,6 +100,7 @@ class RunPodEmulator:
         self.submissions: list[EmulatedJob] = []  # every accepted /run, in order
         self.webhook_deliveries: list[WebhookDelivery] = []
         self.requests: dict[str, int] = {}  # "POST /run" -> count, for assertions
+        self.job_take_calls: list[tuple[str, float]] = []  # (worker id, wall-clock time) of each job-take request
         self._throttle_runs = 0  # answer this many /run calls with 429
         self._throttle_status = 0
         self._run_gate: threading.Event | None = None  # set while /run calls are held
@@ -296,6 +297,8 @@ class RunPodEmulator:
 
     async def _job_take(self, request: Request) -> Response:
         endpoint, worker = request.path_params["endpoint"], request.path_params["worker"]
+        with self.lock:
+            self.job_take_calls.append((worker, time.time()))
         deadline = time.monotonic() + self.job_take_wait_s
         while True:  # long poll, as the real job-take does
             job = self._take(endpoint, worker)
@@ -307,6 +310,8 @@ class RunPodEmulator:
 
     async def _job_take_batch(self, request: Request) -> Response:
         endpoint, worker = request.path_params["endpoint"], request.path_params["worker"]
+        with self.lock:
+            self.job_take_calls.append((worker, time.time()))
         size = max(1, int(request.query_params.get("batch_size", "1")))
         deadline = time.monotonic() + self.job_take_wait_s
         while True:
