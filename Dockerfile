@@ -13,7 +13,7 @@
 # (hosts need an NVIDIA driver >= 580). tests/builder/test_versions.py checks both agree.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
 
-# --- what every stage shares: Python 3.12 (Ubuntu 24.04), ffmpeg, OpenCV's system libraries ---
+# --- what every stage shares: Python 3.12 (Ubuntu 24.04), ffmpeg, OpenCV's system libraries, git ---
 FROM ${CUDA_IMAGE} AS base
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -22,10 +22,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Unpinned Debian packages on purpose: the Ubuntu release in the base tag fixes their versions
 # closely enough, and pinning them breaks the build at every Ubuntu security update.
+# git: the image build fetches custom nodes, and so does the worker at boot (CUSTOM_NODES).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3 python3-venv ca-certificates ffmpeg libgl1 libglib2.0-0 \
+      python3 python3-venv ca-certificates ffmpeg libgl1 libglib2.0-0 git \
  && rm -rf /var/lib/apt/lists/*
 
 # --- ComfyUI, torch and the custom nodes, in their own virtualenv ---
@@ -36,10 +37,6 @@ ARG TORCHVISION_VERSION=0.29.1
 # The newest torchaudio release: it declares no torch pin, and its compiled ops use torch's stable
 # ABI (abi3), so they load and run with torch 2.14.1 (checked; tests/builder/test_versions.py).
 ARG TORCHAUDIO_VERSION=2.11.0
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends git \
- && rm -rf /var/lib/apt/lists/*
 # torch first, in its own layer (about 4 GB): it changes least. The same pins become pip
 # constraints for everything after, so neither ComfyUI's requirements.txt (unpinned torch,
 # torchvision, torchaudio) nor a custom node's requirements can move torch.
@@ -57,6 +54,9 @@ RUN PIP_CONSTRAINT="/opt/torch-constraints.txt /builder/comfyui-cpu-requirements
       --python /opt/comfy-venv/bin/python \
  && rm -rf /comfyui/.git
 COPY builder/install_custom_nodes.py builder/custom_nodes.txt /builder/
+# The list format and install steps it shares with the worker's boot-time install (comfy/nodes/).
+COPY comfy/__init__.py /comfy/
+COPY comfy/nodes /comfy/nodes
 RUN python3 /builder/install_custom_nodes.py --list /builder/custom_nodes.txt \
       --dest /comfyui/custom_nodes --python /opt/comfy-venv/bin/python
 COPY builder/extra_model_paths.yaml /comfyui/extra_model_paths.yaml
@@ -64,6 +64,8 @@ COPY builder/extra_model_paths.yaml /comfyui/extra_model_paths.yaml
 # --- models from builder/models.txt (none by default), sha256-verified ---
 FROM base AS models
 COPY builder/fetch_models.py builder/models.txt /builder/
+COPY comfy/__init__.py /comfy/
+COPY comfy/models/__init__.py comfy/models/files.py /comfy/models/
 # The token is a build secret: mounted for this RUN only, never written to a layer.
 RUN --mount=type=secret,id=hf_token,required=false \
     mkdir -p /models \

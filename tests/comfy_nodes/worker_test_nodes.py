@@ -131,6 +131,40 @@ class TestLoadLora:
         return {"ui": {"text": described}}
 
 
+class TestLoadWeights:
+    """A loader like CheckpointLoaderSimple: not an output node, so ComfyUI keeps what it loaded for the next prompt."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"lora_name": (folder_paths.get_filename_list("loras"),)}}
+
+    RETURN_TYPES = ("WEIGHTS",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, lora_name):
+        import comfy.utils
+
+        tensors = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", lora_name), safe_load=True)
+        return ({name: t.float().clone() for name, t in tensors.items()},)  # in memory, as a loaded model is
+
+
+class TestDescribeWeights:
+    """Uses loaded weights (a sum over every value, like a forward pass touches them) and reports them."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"weights": ("WEIGHTS",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, weights):
+        return {"ui": {"text": [f"{name}:{list(t.shape)}:{float(t.sum()):.4f}" for name, t in sorted(weights.items())]}}
+
+
 NODE_CLASS_MAPPINGS = {
     "TestRaise": TestRaise,
     "TestSleep": TestSleep,
@@ -138,4 +172,6 @@ NODE_CLASS_MAPPINGS = {
     "TestGifOutput": TestGifOutput,
     "TestTextOutput": TestTextOutput,
     "TestLoadLora": TestLoadLora,
+    "TestLoadWeights": TestLoadWeights,
+    "TestDescribeWeights": TestDescribeWeights,
 }
