@@ -54,6 +54,12 @@ class ModelFetchFailed(JobError):
     error_type = "model_download"
 
 
+class ModelURLRefused(ModelFetchFailed):
+    """A model URL resolves to a private, loopback or metadata address (ALLOW_PRIVATE_URLS allows it)."""
+
+    error_type = "model_url_refused"
+
+
 class ModelHashMismatch(JobError):
     """A downloaded model's sha256 is not the one the job gave; nothing was kept."""
 
@@ -354,8 +360,9 @@ class ModelCache:
                     f"model {request.key} from host {_host(request.url)} is larger than MODEL_CACHE_MAX_BYTES "
                     f"({limit} bytes)", details={"model": request.key, "limit_bytes": limit}) from None
             except (DownloadFailed, UnsafeURL) as exc:
-                raise ModelFetchFailed(f"model {request.key}: {exc.message}",
-                                       details={"model": request.key, **(exc.details or {})}) from None
+                kind = ModelURLRefused if isinstance(exc, UnsafeURL) else ModelFetchFailed
+                raise kind(f"model {request.key}: {exc.message}",
+                           details={"model": request.key, **(exc.details or {})}) from None
             if got.sha256 != request.sha256:
                 raise ModelHashMismatch(
                     f"model {request.key}: sha256 mismatch: the job says {request.sha256}, the download "

@@ -140,6 +140,13 @@ def test_media_settings_defaults_match_comfy_media_settings():
     assert check_defaults(table_rows("The worker: inputs and outputs"), defaults) == []
 
 
+def test_model_cache_defaults_match_comfy_models_settings():
+    from comfy.models.settings import ENV_VARS, ModelSettings
+
+    defaults = {var: ModelSettings.model_fields[attr].default for attr, var in ENV_VARS.items()}
+    assert check_defaults(table_rows("The worker: ComfyUI and jobs"), defaults) == []
+
+
 def test_dispatcher_and_scaler_defaults_match_supabase_sync():
     from supabase_sync.config import Settings
     from supabase_sync.scaler.rule import ScalingRule

@@ -10,7 +10,7 @@ from comfy.errors import InvalidJobInput
 from comfy.job.input import parse_job_input
 from comfy.media.downloads import download_to_file
 from comfy.media.settings import MediaSettings
-from comfy.models.cache import ModelCache, ModelCacheFull, ModelConflict, hf_auth_headers
+from comfy.models.cache import ModelCache, ModelCacheFull, ModelConflict, ModelURLRefused, hf_auth_headers
 from comfy.models.request import ModelRequest
 from tests.comfy.models.tiny_models import sha256, tiny_safetensors
 
@@ -105,6 +105,16 @@ def test_cached_files_a_workflow_names_are_found_for_its_lease(tmp_path, media_s
     workflow = {"1": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "strength_model": 1.0}},
                 "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "not-cached.safetensors"}}}
     assert cache.cached_keys_named_in(workflow) == {"loras/detail.safetensors"}
+
+
+def test_a_model_url_on_a_private_address_is_refused_before_any_request(tmp_path, media_server):
+    request = request_for(media_server, "local.safetensors", b"x")
+    cache = ModelCache(tmp_path)
+    lease = cache.lease()
+    with pytest.raises(ModelURLRefused, match="model loras/local.safetensors: host 127.0.0.1 is a loopback address"):
+        cache.ensure(request, lease, MediaSettings())  # the default: private URLs refused
+    lease.release()
+    assert media_server.hits("/m/loras/local.safetensors") == 0
 
 
 def test_the_hugging_face_token_goes_to_hugging_face_hosts_only():
