@@ -41,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from tests.comfy.conftest import serving_media  # noqa: E402
-from tests.comfy.nodes.node_repos import good_node_files, node_repo, tiny_wheel  # noqa: E402
+from tests.comfy.nodes.node_repos import OFFLINE_PIP, good_node_files, node_repo, tiny_wheel  # noqa: E402
 from tests.comfy_env import free_port, make_comfy_copy, worker_env  # noqa: E402
 from tests.doubles.runpod_emulator import FINAL, RunPodEmulator  # noqa: E402
 
 ENDPOINT = "bench"
-OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": ""}
 MIB = 1024 * 1024
 
 
@@ -227,6 +226,7 @@ def main() -> None:
     flags = "".join(f" --{k} {v}" for k, v, d in (("model-mb", args.model_mb, 512), ("rounds", args.rounds, 3)) if v != d)
     w, c, b = warmup, cache, boot
     seconds = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
+    ready = b["none"]["all_ready_s"] + b["cached"]["all_ready_s"]
     body = f"""
 Command: `.venv/bin/python -m bench.bench_provisioning{flags}`. Machine: {os.cpu_count()} cores, {platform.machine()},
 Python {platform.python_version()}, ComfyUI 0.3.75 on CPU, shared with other test runs (single numbers are noisy).
@@ -269,9 +269,11 @@ requirement, so ComfyUI runs from the layered virtualenv on the "volume") agains
 
 prepare_boot with the cached manifest is one run of ComfyUI's Python (its version and torch
 pins: the install's key) and a state file read; the first install of this manifest took
-{b['first_install_s']:.1f} s (git fetch, virtualenv, pip). ComfyUI's own boot varies by ±1 s
-between runs here; launch → ready per round, none: {seconds(b['none']['all_ready_s'])} s; cached:
-{seconds(b['cached']['all_ready_s'])} s.
+{b['first_install_s']:.1f} s (git fetch, virtualenv, pip). The spawn column is the worker's own
+share, measured directly (shared CLOCK_MONOTONIC); ComfyUI's boot after it ranged from
+{min(ready):.1f} to {max(ready):.1f} s in this run, which swamps the ready column's difference.
+Launch → ready per round, none: {seconds(b['none']['all_ready_s'])} s; cached: {seconds(b['cached']['all_ready_s'])} s;
+launch → spawned, none: {seconds(b['none']['all_spawn_s'])} s; cached: {seconds(b['cached']['all_spawn_s'])} s.
 """
     write_section("Cold start and provisioning", body)
 

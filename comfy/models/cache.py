@@ -34,7 +34,7 @@ from comfy.errors import JobError
 from comfy.media.downloads import DownloadCancelled, DownloadFailed, InputTooLarge, download_to_file
 from comfy.media.settings import MediaSettings
 from comfy.media.url_safety import UnsafeURL
-from comfy.models.files import file_sha256
+from comfy.models.files import MODEL_EXTENSIONS, file_sha256
 from comfy.models.request import ModelRequest
 from comfy.volume_lock import Heartbeat, LockWaitCancelled, LockWaitTimeout, Owner, VolumeLock
 
@@ -70,6 +70,12 @@ class ModelCacheFull(JobError):
     """The model does not fit under MODEL_CACHE_MAX_BYTES without evicting files in use."""
 
     error_type = "model_cache_full"
+
+
+class ModelCacheUnavailable(JobError):
+    """The cache folder cannot be written (a full or read-only volume)."""
+
+    error_type = "model_cache_unavailable"
 
 
 class ModelConflict(JobError):
@@ -244,16 +250,17 @@ class ModelCache:
         names = {
             value for node in workflow.values() if isinstance(node, dict)
             for value in (node.get("inputs") or {}).values()
-            if isinstance(value, str) and 0 < len(value) < 300 and "." in value and not value.startswith("/")
+            if isinstance(value, str) and 0 < len(value) < 300 and os.path.splitext(value)[1].lower() in MODEL_EXTENSIONS
+            and not value.startswith("/")
         }
         base = self.state / "entries"
         if not names or not base.is_dir():
-            return set()
+            return set()  # the common case costs no look at the volume
         found = set()
-        for folder in (p for p in base.rglob("*") if p.is_dir()):
-            relative = folder.relative_to(base).as_posix()
+        for folder, _subfolders, _files in os.walk(base):
+            relative = Path(folder).relative_to(base).as_posix()
             for name in names:
-                if (folder / f"{name}.json").is_file():
+                if relative != "." and (Path(folder) / f"{name}.json").is_file():
                     found.add(f"{relative}/{name}")
         return found
 
@@ -363,6 +370,8 @@ class ModelCache:
                 kind = ModelURLRefused if isinstance(exc, UnsafeURL) else ModelFetchFailed
                 raise kind(f"model {request.key}: {exc.message}",
                            details={"model": request.key, **(exc.details or {})}) from None
+            except OSError as exc:  # writing the file: a full or read-only volume
+                raise unavailable(self.root, exc, request.key) from None
             if got.sha256 != request.sha256:
                 raise ModelHashMismatch(
                     f"model {request.key}: sha256 mismatch: the job says {request.sha256}, the download "
@@ -458,6 +467,12 @@ class ModelCache:
             return True
         finally:
             key_lock.release()
+
+
+def unavailable(root: Path, exc: OSError, key: str = "") -> ModelCacheUnavailable:
+    what = f"model {key}: " if key else ""
+    return ModelCacheUnavailable(f"{what}cannot write into the model cache {root} (MODEL_CACHE_DIR): "
+                                 f"{exc.strerror or exc}", details={"model": key} if key else None)
 
 
 def _host(url: str) -> str:

@@ -7,6 +7,7 @@ eviction, and marks it used). It is released when the job ends.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from comfy.media.settings import MediaSettings
-from comfy.models.cache import FetchOutcome, Lease, ModelCache
+from comfy.models.cache import FetchOutcome, Lease, ModelCache, unavailable
 from comfy.models.request import ModelRequest
 from comfy.models.settings import ModelSettings
+
+log = logging.getLogger("comfy.models.fetch")
 
 
 @dataclass
@@ -71,16 +74,26 @@ def fetch_job_models(
     started = time.monotonic()
     settings = ModelSettings.from_env()
     cache = ModelCache(cache_root, settings.cache_max_bytes)
-    named = cache.cached_keys_named_in(workflow)
-    models = JobModels(lease=cache.lease(named))
-    for key in named:
-        cache.touch(key)
+    try:
+        named = cache.cached_keys_named_in(workflow)
+        models = JobModels(lease=cache.lease(named))
+        for key in named:
+            cache.touch(key)
+    except OSError as exc:
+        if requests:
+            raise unavailable(cache_root, exc) from None
+        # only the protection of cached files the workflow names: the job itself needs nothing from the cache
+        log.warning("model cache %s: cannot lease the files this workflow names: %s", cache_root, exc)
+        return JobModels()
     progress = _ModelProgress(send_progress, progress_interval_s) if send_progress else None
     try:
         for request in requests:
             if progress is not None:
                 progress(request.key, 0, None, False)
             models.outcomes.append(cache.ensure(request, models.lease, media, settings.hf_token, cancel, progress))
+    except OSError as exc:
+        models.release()
+        raise unavailable(cache_root, exc) from None
     except BaseException:
         models.release()
         raise

@@ -20,6 +20,8 @@ MODEL_FOLDERS = frozenset({
     "vae", "vae_approx",
 })
 LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
+# What model files end with: ComfyUI's supported_pt_extensions, and formats custom nodes load
+MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf", ".onnx"})
 
 
 def bad_relative(path: str) -> bool:

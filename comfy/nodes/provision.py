@@ -73,11 +73,14 @@ class Interpreter:
 
     @classmethod
     def probe(cls, python: str) -> "Interpreter":
-        done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise ProvisionError(f"cannot run ComfyUI's Python {python}: {done.stderr.strip()[-500:]}")
-        data = json.loads(done.stdout.strip().splitlines()[-1])
-        return cls(python, data["version"], tuple(data["site"]), dict(data["pins"]))
+        try:
+            done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise ProvisionError(f"cannot run ComfyUI's Python {python}: {done.stderr.strip()[-500:]}")
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            return cls(python, data["version"], tuple(data["site"]), dict(data["pins"]))
+        except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as exc:
+            raise ProvisionError(f"cannot ask ComfyUI's Python {python} for its versions: {exc}") from None
 
 
 def manifest_key(nodes: list[CustomNode], interpreter: Interpreter) -> str:
@@ -241,32 +244,31 @@ class _Installer:
         self.state = state
 
     def install(self, node: CustomNode) -> None:
-        staging = self.root / "staging"
-        staging.mkdir(exist_ok=True)
-        shutil.rmtree(staging / node.name, ignore_errors=True)
+        # In place (nodes/<name>), so a requirement given as a path (`-e .`, `./wheels/x.whl`) stays valid.
+        # Nobody loads it meanwhile: a worker booting with this manifest waits for the lock.
+        nodes = self.root / "nodes"
+        nodes.mkdir(exist_ok=True)
+        shutil.rmtree(nodes / node.name, ignore_errors=True)  # what a killed install left
         shutil.rmtree(self.root / "failed" / node.name, ignore_errors=True)
         node_started = time.monotonic()
         try:
-            checkout(node, staging)
+            checkout(node, nodes)
         except InstallError as exc:
             self._failed(node, "checkout", str(exc))
             return
         try:
-            if (staging / node.name / "requirements.txt").is_file():
+            if (nodes / node.name / "requirements.txt").is_file():
                 python = self._layer_python()
-                install_requirements(node, staging, python, constraints=self._constraints(), capture=True,
+                install_requirements(node, nodes, python, constraints=self._constraints(), capture=True,
                                      env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
         except InstallError as exc:
             failed = self.root / "failed"
             failed.mkdir(exist_ok=True)
-            os.replace(staging / node.name, failed / node.name)
+            os.replace(nodes / node.name, failed / node.name)  # not loaded; kept to name its classes
             if exc.output:
                 log.error("custom nodes: %s: pip said:\n%s", node.name, exc.output)
             self._failed(node, "requirements", str(exc))
             return
-        (self.root / "nodes").mkdir(exist_ok=True)
-        shutil.rmtree(self.root / "nodes" / node.name, ignore_errors=True)
-        os.replace(staging / node.name, self.root / "nodes" / node.name)
         self.state["nodes"][node.name] = {"status": "installed", "commit": node.commit}
         log.info("custom nodes: %s at %s installed in %.1f s", node.name, node.commit[:12],
                  time.monotonic() - node_started)
@@ -281,18 +283,28 @@ class _Installer:
         return path
 
     def _layer_python(self) -> str:
-        """The virtualenv on the volume, layered over ComfyUI's Python (made once)."""
+        """The virtualenv on the volume, layered over ComfyUI's Python (made once, whole or not at all).
+
+        Without its .pth file pip would not see torch and would download it again, so the
+        virtualenv is made under another name and renamed into place only when complete.
+        """
         venv = self.root / "venv"
         python = venv / "bin" / "python"
         if not python.exists():
-            done = subprocess.run([self.interpreter.python, "-m", "venv", "--without-pip", str(venv)],
+            partial = self.root / f".venv.{os.getpid()}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            done = subprocess.run([self.interpreter.python, "-m", "venv", "--without-pip", str(partial)],
                                   capture_output=True, text=True)
-            if done.returncode != 0:
-                raise InstallError(f"could not create the virtualenv {venv}: {done.stderr.strip()[-500:]}")
-            purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                     capture_output=True, text=True, check=True).stdout.strip()
+            purelib = subprocess.run(
+                [str(partial / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                capture_output=True, text=True) if done.returncode == 0 else done
+            if done.returncode != 0 or purelib.returncode != 0:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise InstallError(f"could not create the virtualenv {venv}: {(done.stderr or purelib.stderr).strip()[-500:]}")
             # addsitedir, not a plain path: ComfyUI's own .pth files are processed too
             lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in self.interpreter.site_packages)
-            Path(purelib, "_comfy_worker_base.pth").write_text(lines)
+            relative = Path(purelib.stdout.strip()).relative_to(partial)
+            (partial / relative / "_comfy_worker_base.pth").write_text(lines)
+            os.replace(partial, venv)
         self.state["python"] = str(python)
         return str(python)

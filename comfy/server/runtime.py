@@ -24,7 +24,7 @@ class WorkerRuntime:
         self.settings = settings
         self.process = process
         self.custom_nodes = custom_nodes  # installed from CUSTOM_NODES at boot, if set
-        self._reported_imports_of: int | None = None
+        self._reported_imports: set[tuple[int | None, str]] = set()  # (ComfyUI pid, node) already logged
         self.client = ComfyClient(settings.base_url)
         self.events = ComfyEvents(self.client.ws_url)
         self.monitor = PromptMonitor(self.client, self.events, self.comfy_alive, self.describe_death)
@@ -66,18 +66,22 @@ class WorkerRuntime:
         self._report_custom_node_imports()
 
     def _report_custom_node_imports(self) -> None:
-        """Name each CUSTOM_NODES node ComfyUI could not import, once per ComfyUI process."""
-        if self.custom_nodes is None or self.process is None or self._reported_imports_of == self.process.pid:
+        """Name each CUSTOM_NODES node ComfyUI could not import, once per ComfyUI process.
+
+        Checked before every job: ComfyUI's log lines may reach us a moment after it answers.
+        """
+        if self.custom_nodes is None or self.process is None:
             return
-        self._reported_imports_of = self.process.pid
-        for failure in self.custom_nodes.import_failures(self.process.custom_node_import_errors):
-            log.error("%s", failure.describe())
+        for failure in self.custom_nodes.import_failures(dict(self.process.custom_node_import_errors)):
+            if (self.process.pid, failure.name) not in self._reported_imports:
+                self._reported_imports.add((self.process.pid, failure.name))
+                log.error("%s", failure.describe())
 
     def explain_unknown_class(self, class_type: str) -> str | None:
         """Why a node class may be missing: a CUSTOM_NODES node that failed to install or import."""
         if self.custom_nodes is None:
             return None
-        errors = self.process.custom_node_import_errors if self.process is not None else {}
+        errors = dict(self.process.custom_node_import_errors) if self.process is not None else {}
         return self.custom_nodes.explain(class_type, errors)
 
     def shutdown(self) -> None:

@@ -77,6 +77,11 @@ def prepare_boot(settings: WorkerSettings) -> Boot:
                  len(custom_nodes.nodes) - len(custom_nodes.installed_now), len(custom_nodes.installed_now),
                  custom_nodes.seconds)
         custom_nodes.nodes_dir.mkdir(parents=True, exist_ok=True)  # ComfyUI lists every custom_nodes folder it is given
+        baked = settings.comfy_path / "custom_nodes" if settings.comfy_path else None
+        for node in custom_nodes.nodes:
+            if baked is not None and (baked / node.name).exists():
+                log.warning("custom nodes: %s is in the image too (%s); ComfyUI loads both, and whichever it loads "
+                            "last defines their shared classes", node.name, baked / node.name)
     scratch = Path(tempfile.mkdtemp(prefix="comfy-worker-boot-"))
     atexit.register(shutil.rmtree, scratch, True)
     hf_links = scratch / "huggingface"

@@ -155,3 +155,18 @@ def test_one_name_given_twice_with_different_files_is_refused():
               {"url": "https://y/a.safetensors", "sha256": "1" * 64, "folder": "loras"}]
     with pytest.raises(InvalidJobInput, match="loras/a.safetensors is given twice with different sha256"):
         parse_job_input({"workflow": {"1": {"class_type": "X", "inputs": {}}}, "models": models})
+
+
+def test_a_hugging_face_snapshot_is_linked_as_org_repo_file(tmp_path):
+    from comfy.models.paths import link_hf_snapshots
+
+    repo = tmp_path / "hub" / "models--org--model"
+    for revision, text in (("a" * 40, "main's"), ("b" * 40, "newer, not main")):
+        (repo / "snapshots" / revision / "sub").mkdir(parents=True)
+        (repo / "snapshots" / revision / "sub" / "w.safetensors").write_text(text)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    (tmp_path / "hub" / "datasets--org--data" / "snapshots" / "x").mkdir(parents=True)  # not a model: left out
+    assert link_hf_snapshots(tmp_path / "hub", tmp_path / "links") == 1
+    assert (tmp_path / "links" / "org" / "model" / "sub" / "w.safetensors").read_text() == "main's"
+    assert link_hf_snapshots(tmp_path / "no-hub", tmp_path / "links2") == 0

@@ -12,6 +12,9 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+# pip without the network, and without this machine's own mirrors and find-links either
+OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": ""}
+
 
 def git(cwd: Path, *args: str) -> str:
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",

@@ -17,7 +17,7 @@ from comfy.nodes.manifest import ListError
 from comfy.nodes.provision import provision_custom_nodes
 from comfy.settings import WorkerSettings
 from comfy.worker.boot import BootError, prepare_boot, read_manifest
-from tests.comfy.nodes.node_repos import TORCH_MOVER_FILES, good_node_files, node_repo, tiny_wheel
+from tests.comfy.nodes.node_repos import OFFLINE_PIP, TORCH_MOVER_FILES, good_node_files, node_repo, tiny_wheel
 from tests.comfy_env import ROOT, comfy_cache
 
 
@@ -26,7 +26,6 @@ def comfy_python() -> str:
     return str(comfy_cache() / "venv" / "bin" / "python")
 
 
-OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": ""}  # this machine's mirrors too
 
 
 @pytest.fixture(autouse=True)

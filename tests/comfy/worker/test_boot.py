@@ -24,16 +24,31 @@ import httpx
 import pytest
 
 from tests.comfy.conftest import serving_media
-from tests.comfy.models.tiny_models import sha256, tiny_safetensors
-from tests.comfy.nodes.node_repos import BROKEN_NODE_FILES, TORCH_MOVER_FILES, good_node_files, node_repo, tiny_wheel
+from tests.comfy.models.tiny_models import described, sha256, tiny_safetensors
+from tests.comfy.nodes.node_repos import (
+    BROKEN_NODE_FILES, OFFLINE_PIP, TORCH_MOVER_FILES, good_node_files, node_repo, tiny_wheel,
+)
 from tests.comfy_env import ROOT, comfy_cache, free_port, make_comfy_copy, worker_env
 from tests.doubles.runpod_emulator import FINAL, RunPodEmulator
 
 pytestmark = pytest.mark.comfy
 
 ENDPOINT = "boot-endpoint"
-OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": ""}
 WARMUP_TENSORS = {"warm.weight": [0.25, 0.75, 1.0]}
+HF_TENSORS = {"hf.weight": [2.0, 4.0]}
+
+
+def fake_hf_hub(hub: Path) -> None:
+    """A Hugging Face hub cache as RunPod fills it: blobs, a snapshot of symlinks, refs/main."""
+    repo = hub / "models--test-org--tiny-lora"
+    (repo / "blobs").mkdir(parents=True)
+    blob = repo / "blobs" / "0123abcd"
+    blob.write_bytes(tiny_safetensors(HF_TENSORS))
+    snapshot = repo / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "tiny.safetensors").symlink_to(Path("../..") / "blobs" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
 
 
 def node_job(class_type: str, **inputs: Any) -> dict[str, Any]:
@@ -119,11 +134,13 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                           ("torch-mover", TORCH_MOVER_FILES)):
         lines.append(f"file://{repos / folder} {node_repo(repos / folder, files)}")
     model = tiny_safetensors(WARMUP_TENSORS)
+    fake_hf_hub(base / "volume" / "huggingface-cache" / "hub")
     with serving_media() as server:
         url = server.add("/models/warm.safetensors", body=model)
         yield {"base": base, "repos": repos, "manifest": "\n".join(lines) + "\n", "server": server,
                "env": {"CUSTOM_NODES_DIR": str(base / "volume" / "custom-nodes"),
-                       "MODEL_CACHE_DIR": str(base / "volume" / "models")},
+                       "MODEL_CACHE_DIR": str(base / "volume" / "models"),
+                       "HF_HUB_CACHE": str(base / "volume" / "huggingface-cache" / "hub")},
                "warmup": {"workflow": {
                    "1": {"class_type": "TestLoadLora", "inputs": {"lora_name": "warm.safetensors"}},
                    "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
@@ -136,7 +153,7 @@ def first_boot(volume, tmp_path_factory) -> Boot:
     manifest = volume["base"] / "custom_nodes.txt"
     manifest.write_text(volume["manifest"])
     jobs = {"good": node_job("TestVolumeNode", text="hi"), "broken": node_job("TestBrokenNode"),
-            "mover": node_job("TestTorchMover")}
+            "mover": node_job("TestTorchMover"), "hf": node_job("TestLoadLora", lora_name="test-org/tiny-lora/tiny.safetensors")}
     return boot(tmp_path_factory.mktemp("first"), "first", jobs, CUSTOM_NODES=str(manifest),
                 WARMUP_WORKFLOW=json.dumps(volume["warmup"]), **volume["env"])
 
@@ -175,7 +192,7 @@ def test_the_warm_up_time_is_in_the_first_jobs_timings_only(first_boot):
     assert good["output"]["timings"]["warmup_ms"] > 0 and "warmup_error" not in good["output"]
     logged = float(re.search(r"warm-up finished in ([\d.]+) s", first_boot.log).group(1))
     assert abs(good["output"]["timings"]["warmup_ms"] / 1000 - logged) < 0.1
-    for label in ("broken", "mover"):
+    for label in ("broken", "mover", "hf"):
         assert "warmup_ms" not in (first_boot.results[label]["output"] or {}).get("timings", {})
 
 
@@ -239,3 +256,11 @@ def test_the_second_boot_reuses_the_volume_without_fetching(second_boot):
     assert texts(good) == ["AGAIN!"]
     # good-node and broken-node come from the volume; only the failed torch-mover is tried again (and fails: no repo)
     assert "(2 reused, 1 installed now)" in second_boot.log
+
+
+# --- RunPod's cached models --------------------------------------------------------------------
+
+def test_runpods_cached_models_are_loaded_by_comfyui_as_org_repo_file(first_boot):
+    hf = first_boot.results["hf"]
+    assert hf["status"] == "COMPLETED", hf
+    assert texts(hf) == described(HF_TENSORS)
