@@ -7,6 +7,8 @@ from pathlib import Path
 
 from comfy.media.settings import ENV_VARS as MEDIA_ENV_VARS
 from comfy.media.settings import MediaSettings
+from comfy.models.settings import ENV_VARS as MODEL_ENV_VARS
+from comfy.models.settings import ModelSettings
 from comfy.settings import _ENV_VARS, FreeAfterJob, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,12 +16,15 @@ HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())
 VAR_TO_ATTR = {var: attr for attr, (var, _) in _ENV_VARS.items()}
 MEDIA_VAR_TO_ATTR = {var: attr for attr, var in MEDIA_ENV_VARS.items()}
+MODEL_VAR_TO_ATTR = {var: attr for attr, var in MODEL_ENV_VARS.items()}
 
 
 def real_default(key: str) -> object:
     """The default the worker uses when the variable is unset ("" for an unset optional one)."""
     if key in VAR_TO_ATTR:
         value = getattr(WorkerSettings(), VAR_TO_ATTR[key])
+    elif key in MODEL_VAR_TO_ATTR:
+        value = ModelSettings.model_fields[MODEL_VAR_TO_ATTR[key]].default
     else:
         assert key in MEDIA_VAR_TO_ATTR, f"{key} is read by neither comfy/settings.py nor comfy/media/settings.py"
         value = MediaSettings.model_fields[MEDIA_VAR_TO_ATTR[key]].default
