@@ -3,9 +3,9 @@
 handler.py calls prepare_boot() first thing, then starts ComfyUI with what it returns:
 the Python to run (the custom nodes' layered virtualenv, when they have requirements) and
 one extra_model_paths file naming the model cache, RunPod's Hugging Face cache and the
-custom nodes (comfy/models/paths.py). Without CUSTOM_NODES, or with a manifest already
-installed on the volume, this takes a few milliseconds, plus one run of ComfyUI's Python
-to ask its versions (0.26 s measured: docs/benchmarks.md).
+custom nodes (comfy/models/paths.py). Without CUSTOM_NODES this takes a few milliseconds;
+with a manifest already installed on the volume, one run of ComfyUI's Python more, to ask
+its versions (0.26 s measured: docs/benchmarks.md).
 
 Standard library only: it runs before the worker's heavy imports.
 """

@@ -261,6 +261,7 @@ def fetch(url: str) -> bytes:
 def clean_media_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts from the defaults, whatever the shell running pytest has set."""
     from comfy.media.settings import ENV_VARS
+    from comfy.models.settings import ENV_VARS as MODEL_ENV_VARS
 
-    for variable in ENV_VARS.values():
+    for variable in (*ENV_VARS.values(), *MODEL_ENV_VARS.values()):
         monkeypatch.delenv(variable, raising=False)
