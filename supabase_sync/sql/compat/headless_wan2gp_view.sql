@@ -3,7 +3,9 @@
 --
 -- Read-only: state changes still go through the functions of 0002. security_invoker makes
 -- the caller's grants and row-level security apply (anon / authenticated see nothing).
--- Apply after 0001/0002:  psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f headless_wan2gp_view.sql
+-- A waiting task (unfinished dependencies, 0080) is 'Queued' there, as production keeps tasks
+-- whose dependant_on is not complete yet; depends_on is shown as dependant_on.
+-- Apply after the migrations (0080 included):  psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f headless_wan2gp_view.sql
 
 create or replace view public.tasks_wan2gp
 with (security_invoker = true)
@@ -13,6 +15,7 @@ select
     t.task_type,
     t.params,
     case t.status
+        when 'waiting' then 'Queued'
         when 'queued' then 'Queued'
         when 'in_progress' then 'In Progress'
         when 'complete' then 'Complete'
@@ -28,7 +31,8 @@ select
     t.started_at                               as generation_started_at,
     t.completed_at                             as generation_processed_at,
     t.created_at,
-    t.updated_at
+    t.updated_at,
+    t.depends_on                               as dependant_on
 from public.tasks t;
 
 comment on view public.tasks_wan2gp is
