@@ -1,9 +1,10 @@
-"""python -m supabase_sync [run | sql [--with-trigger] | check-config | scale [--once] [--dry-run]]
+"""python -m supabase_sync [run | sql [--with-trigger] | check-config | scale [--once] [--dry-run] | templates ...]
 
     run (default)   the dispatcher: settings from the environment (docs/dispatcher.md)
     sql             print the migrations in order, e.g. `python -m supabase_sync sql | psql "$DATABASE_URL"`
     check-config    validate the environment and print the routes, then exit
     scale           the endpoint scaler: workers.min/max from the queue (docs/scaler.md)
+    templates       workflow templates: list | show NAME | schema NAME | render NAME --args '{...}' | publish FILE
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def main(argv: list[str]) -> int:
         from supabase_sync.scaler.cli import main as scale_main
 
         return scale_main(argv[1:])
+    if command == "templates":  # workflow templates (issue 13): supabase_sync/templates/cli.py
+        from supabase_sync.templates.cli import main as templates_main
+
+        return templates_main(argv[1:])
     if command not in ("run", "check-config"):
         print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
         return 2
@@ -43,6 +48,13 @@ def main(argv: list[str]) -> int:
                   f"max {route.max_in_flight} in flight, policy {route.policy()})")
         print(f"unknown task types: {settings.routing.unknown_task_types}")
         print(f"webhooks: {'on, ' + settings.public_url if settings.public_url else 'off (status polling only)'}")
+        missing = [str(path) for path in settings.template_dirs if not path.is_dir()]
+        if missing:
+            print(f"supabase_sync: configuration error: WORKFLOW_TEMPLATE_DIRS: not a folder: {', '.join(missing)}",
+                  file=sys.stderr)
+            return 2
+        print(f"templates: {', '.join(map(str, settings.template_dirs)) or 'no folders'}, then the workflow_templates table "
+              f"(python -m supabase_sync templates list)")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from supabase_sync.service import serve  # after the config check: imports uvicorn, supabase

@@ -135,6 +135,7 @@ class Settings(BaseModel):
     public_url: str | None = Field(default=None, description="base URL RunPod can reach for webhooks")
     webhook_secret: str | None = Field(default=None, repr=False)
     trigger_secret: str | None = Field(default=None, repr=False)
+    template_dirs: list[Path] = Field(default_factory=list, description="template folders, first wins (then the table)")
 
     @model_validator(mode="after")
     def _webhooks_need_a_secret(self) -> "Settings":
@@ -174,6 +175,8 @@ class Settings(BaseModel):
             "WEBHOOK_SECRET": "webhook_secret",
             "TRIGGER_SECRET": "trigger_secret",
         }
+        if env.get("WORKFLOW_TEMPLATE_DIRS"):
+            values["template_dirs"] = template_dirs(env["WORKFLOW_TEMPLATE_DIRS"])
         names = {}
         for var, field in optional.items():
             if env.get(var):
@@ -183,6 +186,11 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_explain(exc, names)) from None
+
+
+def template_dirs(text: str) -> list[Path]:
+    """WORKFLOW_TEMPLATE_DIRS: folders separated by ':' (os.pathsep), in precedence order."""
+    return [Path(part.strip()) for part in text.split(os.pathsep) if part.strip()]
 
 
 def _routing_from_env(env: Mapping[str, str]) -> RoutingTable:

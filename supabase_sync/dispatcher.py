@@ -20,10 +20,11 @@ from uuid import UUID
 
 
 from supabase_sync.config import Route, Settings
-from supabase_sync.jobs import InvalidTaskParams, JobOutcome, build_job_input, interpret_status
+from supabase_sync.jobs import BuiltJob, InvalidTaskParams, JobBuilder, JobOutcome, interpret_status
 from supabase_sync.metrics import Metrics
 from supabase_sync.runpod_api import JobStatus, RunPodClient, RunPodRejected, RunPodUnavailable
 from supabase_sync.store import ClaimedTask, TaskStore
+from supabase_sync.templates import TableSource, TemplateCatalog
 from supabase_sync.webhooks import webhook_url
 
 log = logging.getLogger("supabase_sync.dispatcher")
@@ -44,6 +45,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
         self.last_round_ok: float | None = None
+        # templates (folders first, then the workflow_templates table) and dependency outputs
+        self.jobs = JobBuilder(store, TemplateCatalog(settings.template_dirs, TableSource(store)))
 
     def wake(self) -> None:
         """Run a dispatch round now (called by the Supabase trigger hook)."""
@@ -69,7 +72,16 @@ class Dispatcher:
         return submitted
 
     async def _submit_batch(self, route: Route, claimed: list[ClaimedTask]) -> int:
-        results = await asyncio.gather(*(self._submit(route, task) for task in claimed))
+        try:
+            built = await self.jobs.build(route, claimed)
+        except Exception as exc:  # templates or dependency outputs could not be read: decide nothing now
+            log.warning("building %d job inputs failed, giving the tasks back: %s", len(claimed), exc)
+            reason = f"could not read templates or dependency outputs, will retry: {exc}"
+            # if the database is what failed, these fail too: the leases then expire and requeue them
+            await asyncio.gather(*(self._release(task, self.settings.poll_interval_s * (1 + random.random()), reason)
+                                   for task in claimed), return_exceptions=True)
+            return 0
+        results = await asyncio.gather(*(self._submit(route, task, job) for task, job in zip(claimed, built)))
         jobs = [(task.task_id, task.lease_token, job_id) for task, job_id in zip(claimed, results) if job_id]
         if not jobs:
             return 0
@@ -99,13 +111,12 @@ class Dispatcher:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 5.0)
 
-    async def _submit(self, route: Route, task: ClaimedTask) -> str | None:
+    async def _submit(self, route: Route, task: ClaimedTask, built: BuiltJob | InvalidTaskParams) -> str | None:
         """POST /run for one claimed task; on failure the task is failed or released here."""
-        try:
-            job_input = build_job_input(task.task_id, task.task_type, task.params, route)
-        except InvalidTaskParams as exc:
-            await self._fail(task, None, f"invalid params: {exc}", retryable=False)
+        if isinstance(built, InvalidTaskParams):
+            await self._fail(task, None, f"invalid params: {built}", retryable=False)
             return None
+        job_input = built.input
         webhook = None
         if self.settings.public_url and self.settings.webhook_secret:
             webhook = webhook_url(self.settings.public_url, self.settings.webhook_secret, task.task_id, task.lease_token)
@@ -166,6 +177,9 @@ class Dispatcher:
         if outcome.kind == "complete":
             result = await self.store.complete_task(task_id, lease_token, status.id, outcome.output_url, outcome.result)
             self.metrics.outcome("complete" if result == "applied" else result)
+            if result == "applied":
+                # a slot of the endpoint is free, and dependants may have been released: claim now
+                self.wake()
             return result
         return await self._fail(_Held(task_id, lease_token), status.id, outcome.error or "failed", outcome.retryable)
 

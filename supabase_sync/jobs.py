@@ -1,15 +1,19 @@
-"""Between a task row and a RunPod job: the job input built from params, and the task's
-outcome read from RunPod's job status."""
+"""Between a task row and a RunPod job: the job input built from params (a raw workflow,
+or a template rendered with its arguments; outputs of dependencies resolved to URLs), and
+the task's outcome read from RunPod's job status."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 from uuid import UUID
 
 from supabase_sync.config import Route
+from supabase_sync.output_refs import find_refs, ref_problem, resolve_refs
 from supabase_sync.runpod_api import JobStatus
+from supabase_sync.store import ClaimedTask, DependencyOutput, TaskStore
+from supabase_sync.templates import Found, TemplateCatalog, TemplateError, render
 
 MAX_RUN_BODY_BYTES = 10 * 1024 * 1024  # RunPod's /run limit
 # Worker errors that another attempt cannot fix (comfy/errors.py error_type values).
@@ -18,8 +22,37 @@ PERMANENT_ERROR_TYPES = frozenset({"invalid_input", "invalid_workflow", "prompt_
 MAX_INLINE_RESULT_BYTES = 64 * 1024
 
 
+MAX_PROBLEMS_TEXT = 4000  # error_message: every problem, up to this many characters
+
+
 class InvalidTaskParams(ValueError):
     """The task's params cannot become a job; the message says what is wrong. Not retried."""
+
+    @classmethod
+    def listing(cls, problems: Sequence[str]) -> "InvalidTaskParams":
+        """One error naming every problem (the count first, so a cut message still says how many)."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        text = f"{len(problems)} problems: " + "; ".join(problems)
+        if len(text) > MAX_PROBLEMS_TEXT:
+            text = text[: MAX_PROBLEMS_TEXT - 20].rsplit("; ", 1)[0] + "; ... (cut)"
+        return cls(text)
+
+
+@dataclass
+class Lookups:
+    """What a batch of tasks needs from outside their params: templates and dependency outputs."""
+
+    templates: dict[str, Found | TemplateError] = field(default_factory=dict)
+    outputs: dict[UUID, dict[UUID, DependencyOutput]] = field(default_factory=dict)  # task -> dependency -> row
+
+
+@dataclass(frozen=True)
+class BuiltJob:
+    """A task's RunPod job input, and the template version rendered for it (if any)."""
+
+    input: dict[str, Any]
+    template: str | None = None
 
 
 def _params_object(task_id: UUID, params: Any) -> dict[str, Any]:
@@ -34,27 +67,36 @@ def _params_object(task_id: UUID, params: Any) -> dict[str, Any]:
     return params
 
 
-def build_job_input(task_id: UUID, task_type: str, params: Any, route: Route) -> dict[str, Any]:
-    """The `input` of the RunPod job for a task; raises InvalidTaskParams when it cannot be built.
+def build_job_input(task_id: UUID, task_type: str, params: Any, route: Route,
+                    lookups: Lookups | None = None) -> dict[str, Any]:
+    """The `input` of the RunPod job for a task; raises InvalidTaskParams when it cannot be built."""
+    return build_job(task_id, task_type, params, route, lookups or Lookups()).input
 
-    comfy routes: the seed's params (workflow, video_url, video_node_id, video_input_field,
-    and the worker's images, inputs, output, timeout_s...) plus `task_id`, and the route's
-    output delivery (bucket, prefix/<task_id>) unless the task names its own.
+
+def build_job(task_id: UUID, task_type: str, params: Any, route: Route, lookups: Lookups) -> BuiltJob:
+    """The RunPod job for a task; InvalidTaskParams lists every problem at once.
+
+    Every route: `{"from_task", "output"}` references anywhere in params become the URL of
+    that output (lookups.outputs, read from the database for this batch).
+    comfy routes: a raw workflow (the seed's params: workflow, video_url, video_node_id,
+    video_input_field, and the worker's images, inputs, output, timeout_s...) or a
+    template (`template` + `args`, rendered here: the worker gets a plain workflow and
+    `inputs`), plus `task_id`, and the route's output delivery (bucket, prefix/<task_id>)
+    unless the task names its own.
     passthrough routes: params as they are, plus task_id and task_type.
     """
     job = dict(_params_object(task_id, params))
+    problems: list[str] = []
+    if any(True for _ in find_refs(job)):
+        job, problems = resolve_refs(job, lookups.outputs.get(task_id, {}))
+    template = None
     if route.kind == "comfy":
-        if "workflow" not in job:
-            raise InvalidTaskParams("params has no 'workflow' (a ComfyUI graph in API format)")
-        workflow = job["workflow"]
-        if isinstance(workflow, str):
-            try:
-                workflow = json.loads(workflow)
-            except json.JSONDecodeError as exc:
-                raise InvalidTaskParams(f"params.workflow is a string that is not valid JSON ({exc})") from None
-        if not isinstance(workflow, dict) or not workflow:
-            raise InvalidTaskParams("params.workflow must be a non-empty JSON object (API format: {node_id: {class_type, inputs}})")
-        job["workflow"] = workflow
+        if "template" in job:
+            template = _render_template(job, lookups, problems)
+        elif "args" in job:
+            problems.append("params has `args` but no `template` to apply them to")
+        else:
+            _check_workflow(job, problems)
         if route.output is not None:
             delivery = route.output.model_dump(exclude_none=True)
             delivery["prefix"] = f"{route.output.prefix.rstrip('/')}/{task_id}"
@@ -62,13 +104,107 @@ def build_job_input(task_id: UUID, task_type: str, params: Any, route: Route) ->
             job["output"] = {**delivery, **given} if isinstance(given, dict) else delivery
     else:
         job["task_type"] = task_type
+    if problems:
+        raise InvalidTaskParams.listing(problems)
     job["task_id"] = str(task_id)
     size = len(json.dumps({"input": job}).encode())
     if size > MAX_RUN_BODY_BYTES:
         raise InvalidTaskParams(
             f"the job input is {size} bytes, over RunPod's 10 MB /run limit: pass large files as URLs"
         )
-    return job
+    return BuiltJob(job, template)
+
+
+def _check_workflow(job: dict[str, Any], problems: list[str]) -> None:
+    if "workflow" not in job:
+        problems.append("params has no 'workflow' (a ComfyUI graph in API format) and no 'template'")
+        return
+    workflow = job["workflow"]
+    if isinstance(workflow, str):
+        try:
+            workflow = json.loads(workflow)
+        except json.JSONDecodeError as exc:
+            problems.append(f"params.workflow is a string that is not valid JSON ({exc})")
+            return
+    if not isinstance(workflow, dict) or not workflow:
+        problems.append("params.workflow must be a non-empty JSON object (API format: {node_id: {class_type, inputs}})")
+        return
+    job["workflow"] = workflow
+
+
+def _render_template(job: dict[str, Any], lookups: Lookups, problems: list[str]) -> str | None:
+    """Replace `template` + `args` in job by the rendered workflow and inputs; the name@version used."""
+    ref, args = job.pop("template"), job.pop("args", {})
+    if "workflow" in job:
+        problems.append("params has both `workflow` and `template`: give one")
+    found = lookups.templates.get(ref) if isinstance(ref, str) else None
+    if found is None:
+        found = TemplateError("params.template", [f"must be a template name or name@version, not {ref!r}"])
+    try:
+        if isinstance(found, TemplateError):
+            raise found
+        rendered = render(found.usable(), args)
+    except TemplateError as exc:
+        # the subject once, before its first problem: "template x@1: args.a: ...; args.b: ..."
+        problems.extend(f"{exc.subject}: {p}" if i == 0 else p for i, p in enumerate(exc.problems))
+        return None
+    given = job.get("inputs", [])
+    if not isinstance(given, list):
+        problems.append("params.inputs must be a list")
+        return None
+    taken = {(str(i.get("node")), i.get("field")) for i in given if isinstance(i, dict)}
+    for item in rendered.inputs:
+        if (item["node"], item["field"]) in taken:
+            problems.append(f"params.inputs sets node {item['node']} field {item['field']!r}, "
+                            f"which the template's media parameter sets")
+    job["workflow"] = rendered.workflow
+    if rendered.inputs or given:
+        job["inputs"] = [*given, *rendered.inputs]
+    return rendered.template
+
+
+class JobBuilder:
+    """Builds a claimed batch's job inputs with at most three RPCs for the whole batch:
+    the templates it names that are not in folders or memory, the outputs of the
+    dependencies it references, and (before /run) the template versions rendered."""
+
+    def __init__(self, store: TaskStore, catalog: TemplateCatalog) -> None:
+        self.store = store
+        self.catalog = catalog
+
+    async def build(self, route: Route, tasks: Sequence[ClaimedTask]) -> list[BuiltJob | InvalidTaskParams]:
+        """One result per task, in order. Raises only when the lookups fail (the database, the
+        network): then nothing was decided and the caller should give the tasks back."""
+        params = {task.task_id: _params_or_none(task) for task in tasks}
+        lookups = Lookups()
+        if route.kind == "comfy":
+            names = {p["template"] for p in params.values() if p is not None and isinstance(p.get("template"), str)}
+            if names:
+                lookups.templates = await self.catalog.resolve(names)
+        pairs = sorted({(task.task_id, UUID(ref["from_task"]))
+                        for task in tasks if params[task.task_id] is not None
+                        for _, ref in find_refs(params[task.task_id]) if ref_problem(ref) is None})
+        if pairs:
+            for row in await self.store.dependency_outputs(pairs):
+                lookups.outputs.setdefault(row.task_id, {})[row.from_task] = row
+        built: list[BuiltJob | InvalidTaskParams] = []
+        for task in tasks:
+            try:
+                built.append(build_job(task.task_id, task.task_type, task.params, route, lookups))
+            except InvalidTaskParams as exc:
+                built.append(exc)
+        rendered = [(task.task_id, task.lease_token, job.template)
+                    for task, job in zip(tasks, built) if isinstance(job, BuiltJob) and job.template]
+        if rendered:
+            await self.store.record_resolved_templates(rendered)
+        return built
+
+
+def _params_or_none(task: ClaimedTask) -> dict[str, Any] | None:
+    try:
+        return _params_object(task.task_id, task.params)
+    except InvalidTaskParams:
+        return None  # reported when the job is built
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ REQUIRED = (
     "0002_functions.sql",
     "0050_scaler.sql",  # scaler (issue 6): the queue counts `python -m supabase_sync scale` reads
     "0080_pipelines.sql",  # pipelines (issue 13): depends_on, the 'waiting' status, dependency_outputs
+    "0081_workflow_templates.sql",  # templates (issue 13): the workflow_templates table and its functions
 )
 OPTIONAL_TRIGGER = "0003_trigger_pg_net.sql"
 

@@ -71,6 +71,29 @@ class UnroutedTask(BaseModel):
     task_type: str
 
 
+class DependencyOutput(BaseModel):
+    """A dependency of a task and what it produced (dependency_outputs, 0080_pipelines.sql)."""
+
+    task_id: UUID
+    from_task: UUID
+    declared: bool
+    status: str | None
+    output_url: str | None
+    outputs: list[dict[str, Any]]
+
+
+class TemplateRow(BaseModel):
+    """One row of workflow_templates (0081_workflow_templates.sql), as get_workflow_templates returns it."""
+
+    ref: str | None = None
+    name: str
+    version: int
+    description: str = ""
+    workflow: Any = None
+    parameters: Any = None
+    created_at: datetime | None = None
+
+
 class TaskStore:
     """Typed access to the queue's SQL functions through one supabase AsyncClient."""
 
@@ -165,6 +188,32 @@ class TaskStore:
 
     async def queue_stats(self) -> list[QueueStat]:
         return _list(QueueStat, await self._rpc("queue_stats", {}))
+
+    # --- pipelines and templates (0080, 0081) ---------------------------------------------
+
+    async def dependency_outputs(self, refs: list[tuple[UUID, UUID]]) -> list[DependencyOutput]:
+        """For (task, referenced task) pairs: declared?, the dependency's status and outputs."""
+        payload = [{"task_id": str(task), "from_task": str(dep)} for task, dep in refs]
+        return _list(DependencyOutput, await self._rpc("dependency_outputs", {"p_refs": payload}))
+
+    async def get_workflow_templates(self, refs: list[str]) -> list[TemplateRow]:
+        """Template rows for 'name@version' (that one) or 'name' (the newest) references."""
+        return _list(TemplateRow, await self._rpc("get_workflow_templates", {"p_refs": refs}))
+
+    async def list_workflow_templates(self) -> list[TemplateRow]:
+        return _list(TemplateRow, await self._rpc("list_workflow_templates", {}))
+
+    async def publish_workflow_template(self, name: str, version: int, workflow: Any, parameters: Any,
+                                        description: str) -> str:
+        """Returns 'published' or 'unchanged'; a different template under that name@version raises."""
+        return await self._rpc("publish_workflow_template", {
+            "p_name": name, "p_version": version, "p_workflow": workflow, "p_parameters": parameters,
+            "p_description": description,
+        })
+
+    async def record_resolved_templates(self, items: list[tuple[UUID, UUID, str]]) -> int:
+        payload = [{"task_id": str(t), "lease_token": str(lease), "template": ref} for t, lease, ref in items]
+        return await self._rpc("record_resolved_templates", {"p_items": payload})
 
 
 def _list(model: type[BaseModel], rows: Any) -> list[Any]:

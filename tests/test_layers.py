@@ -2,7 +2,7 @@
 
 Worker: comfy.errors/comfy.settings/comfy.volume_lock < comfy.nodes < comfy.server < comfy.media
 < comfy.models < comfy.delivery < comfy.job < comfy.worker < handler.py. Queue side: the shared modules of supabase_sync < the scaler
-< the dispatcher. The two programs never import each other.
+< the workflow templates < the dispatcher. The two programs never import each other.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tests.comfy_env import ROOT
 WORKER_RANK = {"comfy": 0, "comfy.errors": 0, "comfy.settings": 0, "comfy.volume_lock": 0, "comfy.nodes": 1,
                "comfy.server": 2, "comfy.media": 3, "comfy.models": 4, "comfy.delivery": 5, "comfy.job": 6,
                "comfy.worker": 7, "handler": 8}
-QUEUE_BASE = {"config", "store", "runpod_api", "metrics", "migrations", "webhooks"}
+QUEUE_BASE = {"config", "store", "runpod_api", "metrics", "migrations", "webhooks", "output_refs"}
+QUEUE_RANK = {"scaler": 1, "templates": 2}  # every other module of supabase_sync is the dispatcher (3)
 
 
 def _rank(module: str) -> tuple[str, int] | None:
@@ -30,9 +31,7 @@ def _rank(module: str) -> tuple[str, int] | None:
         parts = module.split(".")
         if len(parts) == 1 or parts[1] in QUEUE_BASE or parts[1] == "sql":
             return "queue", 0
-        if parts[1] == "scaler":
-            return "queue", 1
-        return "queue", 2
+        return "queue", QUEUE_RANK.get(parts[1], 3)
     return None
 
 
