@@ -16,10 +16,11 @@ dependency's `output_url` (its first file output).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from uuid import UUID
 
-from supabase_sync.store import DependencyOutput
+if TYPE_CHECKING:  # the store imports the supabase client; references are plain data
+    from supabase_sync.store import DependencyOutput
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 REF_KEYS = frozenset({"from_task", "output"})

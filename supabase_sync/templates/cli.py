@@ -21,14 +21,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supabase_sync.config import template_dirs
-from supabase_sync.store import TaskStore
 from supabase_sync.templates.render import render
 from supabase_sync.templates.schema import json_schema
 from supabase_sync.templates.sources import TableSource, TemplateCatalog, read_template_file
 from supabase_sync.templates.spec import Template, TemplateError
+
+if TYPE_CHECKING:
+    from supabase_sync.store import TaskStore
 
 
 def main(argv: list[str]) -> int:
@@ -60,6 +62,8 @@ async def _run(options: argparse.Namespace) -> int:
     url, key = os.environ.get("SUPABASE_URL"), os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
     if not options.no_table:
         if url and key:
+            from supabase_sync.store import TaskStore  # the supabase client: only when the table is used
+
             store = await TaskStore.connect(url, key, max_connections=2)
         elif options.command == "publish":
             print("publish needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY", file=sys.stderr)

@@ -22,12 +22,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import yaml
 
-from supabase_sync.store import TaskStore, TemplateRow
 from supabase_sync.templates.spec import Template, TemplateError, TemplateRef, load_template
+
+if TYPE_CHECKING:  # the store imports the supabase client, which folder-only use does not need
+    from supabase_sync.store import TaskStore, TemplateRow
 
 log = logging.getLogger("supabase_sync.templates")
 

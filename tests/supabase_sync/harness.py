@@ -88,6 +88,21 @@ async def wait_for(predicate: Any, timeout_s: float = 20.0, interval_s: float = 
         await asyncio.sleep(interval_s)
 
 
+def dispatch_until(settings: Settings, done: Any, what: str, worker: Any = None, timeout_s: float = 20.0) -> None:
+    """Run the dispatcher service in this process until done() holds; a started scripted
+    worker beside it is stopped afterwards, whatever happened."""
+
+    async def scenario() -> None:
+        async with running(settings):
+            await wait_for(done, timeout_s=timeout_s, what=what)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
 def wait_for_sync(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
