@@ -88,6 +88,8 @@ COPY --from=models /models /comfyui/models
 COPY handler.py test_input.json /worker/
 COPY comfy /worker/comfy
 COPY supabase_sync /worker/supabase_sync
+# example workflow templates, for a dispatcher run from this image (WORKFLOW_TEMPLATE_DIRS=/worker/templates)
+COPY templates /worker/templates
 # Runs as root: RunPod mounts the network volume (/runpod-volume) root-owned with no way to
 # set a group, and ComfyUI writes to its input/, output/ and temp/ folders.
 ENV COMFY_PATH=/comfyui \

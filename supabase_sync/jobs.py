@@ -5,6 +5,7 @@ the task's outcome read from RunPod's job status."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from uuid import UUID
@@ -14,6 +15,8 @@ from supabase_sync.output_refs import find_refs, ref_problem, resolve_refs
 from supabase_sync.runpod_api import JobStatus
 from supabase_sync.store import ClaimedTask, DependencyOutput, TaskStore
 from supabase_sync.templates import Found, TemplateCatalog, TemplateError, render
+
+log = logging.getLogger("supabase_sync.jobs")
 
 MAX_RUN_BODY_BYTES = 10 * 1024 * 1024  # RunPod's /run limit
 # Worker errors that another attempt cannot fix (comfy/errors.py error_type values).
@@ -174,16 +177,17 @@ class JobBuilder:
 
     async def build(self, route: Route, tasks: Sequence[ClaimedTask]) -> list[BuiltJob | InvalidTaskParams]:
         """One result per task, in order. Raises only when the lookups fail (the database, the
-        network): then nothing was decided and the caller should give the tasks back."""
+        network): then nothing was decided and the caller should give the tasks back. A task
+        whose params break the building in any other way fails alone: one bad row must not
+        hold up its batch for ever."""
         params = {task.task_id: _params_or_none(task) for task in tasks}
         lookups = Lookups()
         if route.kind == "comfy":
             names = {p["template"] for p in params.values() if p is not None and isinstance(p.get("template"), str)}
             if names:
                 lookups.templates = await self.catalog.resolve(names)
-        pairs = sorted({(task.task_id, UUID(ref["from_task"]))
-                        for task in tasks if params[task.task_id] is not None
-                        for _, ref in find_refs(params[task.task_id]) if ref_problem(ref) is None})
+        pairs = sorted({(task.task_id, dependency) for task in tasks if params[task.task_id] is not None
+                        for dependency in _referenced(params[task.task_id])})
         if pairs:
             for row in await self.store.dependency_outputs(pairs):
                 lookups.outputs.setdefault(row.task_id, {})[row.from_task] = row
@@ -193,6 +197,11 @@ class JobBuilder:
                 built.append(build_job(task.task_id, task.task_type, task.params, route, lookups))
             except InvalidTaskParams as exc:
                 built.append(exc)
+            except RecursionError:
+                built.append(InvalidTaskParams("params are nested too deeply to be read"))
+            except Exception as exc:  # a defect here must fail one task, not stall the queue
+                log.exception("task %s: building its job input failed", task.task_id)
+                built.append(InvalidTaskParams(f"the job input could not be built ({type(exc).__name__}: {exc})"))
         rendered = [(task.task_id, task.lease_token, job.template)
                     for task, job in zip(tasks, built) if isinstance(job, BuiltJob) and job.template]
         if rendered:
@@ -205,6 +214,13 @@ def _params_or_none(task: ClaimedTask) -> dict[str, Any] | None:
         return _params_object(task.task_id, task.params)
     except InvalidTaskParams:
         return None  # reported when the job is built
+
+
+def _referenced(params: dict[str, Any]) -> set[UUID]:
+    try:
+        return {UUID(ref["from_task"]) for _, ref in find_refs(params) if ref_problem(ref) is None}
+    except RecursionError:
+        return set()  # reported when the job is built
 
 
 @dataclass(frozen=True)

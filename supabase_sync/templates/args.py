@@ -10,11 +10,16 @@ import math
 import re
 from typing import Any
 
+import regex
+
 from supabase_sync.output_refs import is_ref, ref_problem
 from supabase_sync.templates.spec import Parameter, Template, TemplateError
 
 URL = re.compile(r"^https?://[^\s/]+", re.IGNORECASE)
 MAX_URL_LENGTH = 8192
+# A template's pattern meets the task's value here: a costly pattern (nested alternatives)
+# against a hostile value must not stall the dispatcher's event loop. `regex` stops it.
+PATTERN_TIMEOUT_S = 0.1
 
 
 def check_value(parameter: Parameter, value: Any) -> tuple[Any, str | None]:
@@ -43,8 +48,14 @@ def check_value(parameter: Parameter, value: Any) -> tuple[Any, str | None]:
             return None, f"is {len(value)} characters long; at least {parameter.min_length}"
         if parameter.max_length is not None and len(value) > parameter.max_length:
             return None, f"is {len(value)} characters long; at most {parameter.max_length}"
-        if parameter.pattern is not None and not re.search(parameter.pattern, value):
-            return None, f"{_describe(value)} does not match the pattern {parameter.pattern!r}"
+        if parameter.pattern is not None:
+            try:
+                matched = regex.search(parameter.pattern, value, timeout=PATTERN_TIMEOUT_S)
+            except TimeoutError:
+                return None, (f"checking it against the pattern {parameter.pattern!r} took longer than "
+                              f"{PATTERN_TIMEOUT_S} s (a pattern with nested repetition; fix the template)")
+            if not matched:
+                return None, f"{_describe(value)} does not match the pattern {parameter.pattern!r}"
         return value, None
     if kind == "enum":
         for allowed in parameter.values or []:

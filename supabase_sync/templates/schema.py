@@ -1,8 +1,8 @@
 """A template's arguments as JSON Schema (draft 2020-12), for client code generation.
 
 The schema accepts exactly what the dispatcher accepts (tests check the two agree), with
-one caveat: `pattern` is searched with Python's `re`, so keep patterns to the syntax
-Python and ECMAScript share.
+one caveat: `pattern` is searched with Python's `regex` module, so keep patterns to the
+syntax Python and ECMAScript share.
 """
 
 from __future__ import annotations

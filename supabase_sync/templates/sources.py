@@ -242,11 +242,23 @@ class TemplateCatalog:
         return TemplateError(f"template {str(ref)!r}", [f"not found (looked in: {where})"])
 
 
+class _TemplateYamlLoader(yaml.SafeLoader):
+    """YAML without aliases: `*name` repeats a node by reference, and a few nested ones
+    expand to billions of values once the template is copied or rendered."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in template files",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_template_file(path: Path) -> Any:
     """A template file's data (YAML, or JSON for .json); TemplateError when it cannot be parsed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        return json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if Path(path).suffix == ".json" else yaml.load(text, Loader=_TemplateYamlLoader)
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(str(path), [f"cannot be read ({exc})"]) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -30,6 +30,8 @@ import math
 import re
 from typing import Any, Literal, NamedTuple
 
+import regex
+
 from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, field_validator,
                       model_validator)
 
@@ -156,8 +158,8 @@ class Parameter(BaseModel):
             problems.append(f"min_length {self.min_length} is above max_length {self.max_length}")
         if self.pattern is not None:
             try:
-                re.compile(self.pattern)
-            except re.error as exc:
+                regex.compile(self.pattern)
+            except regex.error as exc:
                 problems.append(f"pattern is not a valid regular expression ({exc})")
         if self.type == "media" and self.kind is None:
             self.kind = "file"

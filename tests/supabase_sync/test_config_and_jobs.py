@@ -188,3 +188,52 @@ def test_runpod_client_4xx_is_rejected_without_retry():
             await client.aclose()
 
     assert asyncio.run(go()) == 401 and len(calls) == 1
+
+
+def test_a_task_whose_params_break_the_builder_fails_alone_and_its_batch_goes_on():
+    """A poison row (params nested deeper than Python reads) is failed; the others are built."""
+    from datetime import datetime, timezone
+
+    from supabase_sync.jobs import BuiltJob, JobBuilder
+    from supabase_sync.store import ClaimedTask
+    from supabase_sync.templates import TemplateCatalog
+
+    deep: object = "x"
+    for _ in range(5000):
+        deep = [deep]
+    route = Route(endpoint_id="e", task_types=["comfy"])
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+    tasks = [ClaimedTask(task_id=uuid.uuid4(), task_type="comfy", params=params, attempts=1, max_attempts=3,
+                         lease_token=uuid.uuid4(), created_at=datetime.now(timezone.utc))
+             for params in ({"workflow": workflow, "extra": deep}, {"workflow": workflow})]
+    built = asyncio.run(JobBuilder(store=None, catalog=TemplateCatalog([], None)).build(route, tasks))
+    assert isinstance(built[0], InvalidTaskParams) and "nested too deeply" in str(built[0])
+    assert isinstance(built[1], BuiltJob) and built[1].input["workflow"] == workflow
+
+
+def test_template_folders_come_from_workflow_template_dirs_and_check_config_names_a_missing_one(capsys, monkeypatch, tmp_path):
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WORKFLOW_TEMPLATE_DIRS", f"{tmp_path}: /nowhere/templates :")
+    assert [str(p) for p in Settings.from_env().template_dirs] == [str(tmp_path), "/nowhere/templates"]
+    assert main(["check-config"]) == 2
+    assert "WORKFLOW_TEMPLATE_DIRS: not a folder: /nowhere/templates" in capsys.readouterr().err
+    monkeypatch.setenv("WORKFLOW_TEMPLATE_DIRS", str(tmp_path))
+    assert main(["check-config"]) == 0
+    assert f"templates: {tmp_path}, then the workflow_templates table" in capsys.readouterr().out
+
+
+def test_on_a_passthrough_route_template_is_left_alone_but_output_references_are_resolved():
+    from supabase_sync.jobs import Lookups
+    from supabase_sync.store import DependencyOutput
+
+    route = Route(endpoint_id="e", task_types=["vace"])
+    task, dep = uuid.uuid4(), uuid.uuid4()
+    params = {"template": "wan_i2v", "args": {"image": {"from_task": str(dep)}}}
+    # a passthrough worker's own `template` param is its business, not a workflow template
+    row = DependencyOutput(task_id=task, from_task=dep, declared=True, status="complete",
+                           output_url="https://cdn.test/v.mp4", outputs=[])
+    job = build_job_input(task, "vace", params, route, Lookups(outputs={task: {dep: row}}))
+    assert job["template"] == "wan_i2v" and job["args"] == {"image": "https://cdn.test/v.mp4"}
+    with pytest.raises(InvalidTaskParams, match=f"params.args.image: task {dep} does not exist"):
+        build_job_input(task, "vace", params, route)

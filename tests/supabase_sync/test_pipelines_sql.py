@@ -316,3 +316,39 @@ def test_the_headless_wan2gp_view_shows_a_waiting_task_as_queued_with_its_depend
     d = db.insert_task(depends_on=[a])
     [row] = db.sql("select status, dependant_on from tasks_wan2gp where id = %s", (d,))
     assert row["status"] == "Queued" and [str(x) for x in row["dependant_on"]] == [a]
+
+
+def _sql_blocks(path, marker):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / path).read_text()
+    return [block for block in re.findall(r"```sql\n(.*?)```", text, re.S) if marker in block]
+
+
+def test_the_pipeline_examples_in_the_docs_run_and_make_a_three_step_pipeline(db):
+    examples = _sql_blocks("README.md", "with generate as") + _sql_blocks("docs/dispatcher.md", "with generate as")
+    assert len(examples) == 2
+    for example in examples:
+        db.sql("delete from tasks")
+        [last] = db.sql(example)
+        upscale = db.task(last["task_id"])
+        [invert] = upscale["depends_on"]
+        [generate] = db.task(invert)["depends_on"]
+        assert (status(db, generate), status(db, invert), upscale["status"]) == ("queued", "waiting", "waiting")
+        assert upscale["params"]["args"]["image_url"] == {"from_task": str(invert)}
+
+
+def test_the_readme_template_example_is_the_shipped_file_and_its_insert_runs(db):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "# templates/invert_image@1.yaml" in b]
+    assert yaml.safe_load(block) == yaml.safe_load((root / "templates" / "invert_image@1.yaml").read_text())
+    [insert] = _sql_blocks("README.md", '"template": "invert_image@1"')
+    db.sql(insert)
+    assert db.sql("select status, params->>'template' t from tasks") == [{"status": "queued", "t": "invert_image@1"}]

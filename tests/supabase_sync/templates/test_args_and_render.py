@@ -152,3 +152,15 @@ def test_the_example_templates_render_with_only_their_required_args(name):
     rendered = render(shipped, args)
     assert all(i["url"] == "https://cdn.test/in" for i in rendered.inputs)
     jsonschema.Draft202012Validator(json_schema(shipped)).validate(args)
+
+
+def test_a_costly_pattern_meeting_a_hostile_value_is_cut_short_not_left_to_stall_the_dispatcher():
+    import time
+
+    costly = load_template({"name": "c", "version": 1, "workflow": KITCHEN_SINK.workflow, "parameters": {
+        "prefix": {"type": "string", "pattern": "^(a|aa)+$", "sets": "3.filename_prefix"}}}, "test")
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as info:
+        render(costly, {"prefix": "a" * 60 + "b"})
+    assert time.monotonic() - started < 10  # unbounded with the standard `re` (2^60 steps)
+    assert "took longer than 0.1 s" in info.value.problems[0]

@@ -171,3 +171,9 @@ def test_api_roles_cannot_read_the_templates_table_or_its_functions(db, role):
             conn.execute(f"set role {role}")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(query)
+
+
+def test_yaml_aliases_are_refused_in_template_files(tmp_path):
+    (tmp_path / "bomb.yaml").write_text("name: bomb\nversion: 1\na: &a [1, 1, 1]\nb: &b [*a, *a, *a]\nworkflow: {x: *b}\n")
+    listed, unreadable = asyncio.run(TemplateCatalog([tmp_path], None).everything())
+    assert listed == [] and "aliases (*name) are not allowed in template files" in unreadable[0]
