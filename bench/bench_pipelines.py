@@ -10,7 +10,8 @@
    so every call sees the same queue.
 2. INSERT cost of a task with and without the dependency triggers (single-row INSERTs in one
    transaction).
-3. A dependency's completion -> its dependant's /run: the dependency's job finishes on the
+3. Fan-out: completing / failing a task with 100, 1000, 10 000 waiting dependants.
+4. A dependency's completion -> its dependant's /run: the dependency's job finishes on the
    RunPod emulator, RunPod's webhook reaches a real `python -m supabase_sync` process, which
    completes the task (the trigger releases the dependant), claims the dependant and POSTs /run.
 
@@ -148,6 +149,33 @@ def insert_costs(cluster, rows: int) -> dict[str, float]:
     return out
 
 
+def fan_out_costs(cluster, sizes: tuple[int, ...]) -> list[tuple[int, float, float]]:
+    """One task with N waiting dependants: how long the statement that completes it takes
+    (the trigger releases all N in it), and the same for failing it (all N failed)."""
+    import psycopg
+
+    out = []
+    for n, size in enumerate(sizes):
+        dsn = cluster.create_database(f"fanout{n}")
+        timings = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for final in ("complete", "failed"):
+                parent = conn.execute("insert into tasks (task_type, status) values ('comfy', 'in_progress') "
+                                      "returning task_id").fetchone()[0]
+                conn.execute("insert into tasks (task_type, params, depends_on) select 'comfy', %s, array[%s]::uuid[] "
+                             "from generate_series(1, %s)", (PARAMS, parent, size))
+                conn.execute("vacuum analyze tasks")
+                started = time.perf_counter()
+                conn.execute("update tasks set status = %s, error_message = 'x' where task_id = %s", (final, parent))
+                timings.append(time.perf_counter() - started)
+                moved = conn.execute("select count(*) from tasks where %s = any(depends_on) and status = %s",
+                                     (parent, "queued" if final == "complete" else "failed")).fetchone()[0]
+                assert moved == size, (final, moved)
+        out.append((size, timings[0] * 1000, timings[1] * 1000))
+        print(f"fan-out {size}: complete {timings[0] * 1000:.1f} ms, fail {timings[1] * 1000:.1f} ms", flush=True)
+    return out
+
+
 def release_latency(cluster, logs: Path, pairs: int) -> dict[str, object]:
     db = _Db(cluster, "release")
     emulator = RunPodEmulator().start()
@@ -198,17 +226,18 @@ def main() -> int:
     try:
         claims = claim_costs(cluster, args.queued, args.claims)
         inserts = insert_costs(cluster, args.inserts)
+        fan_out = fan_out_costs(cluster, (100, 1000, 10_000))
         release = release_latency(cluster, logs, args.pairs)
         print(f"completion -> dependant /run: {json.dumps(release)}", flush=True)
     finally:
         cluster.stop()
     if args.write:
-        write_section("Pipelines", _report(args, claims, inserts, release))
+        write_section("Pipelines", _report(args, claims, inserts, fan_out, release))
     print(f"dispatcher log: {logs}")
     return 0
 
 
-def _report(args, claims, inserts, release) -> str:
+def _report(args, claims, inserts, fan_out, release) -> str:
     import platform
 
     base = claims[0][1]["p50_ms"]
@@ -241,6 +270,11 @@ def _report(args, claims, inserts, release) -> str:
         "the commit's fsync is timed; median per INSERT): "
         + "; ".join(f"{label} {us:.0f} µs" for label, us in inserts.items()) + ".",
         "",
+        "**Fan-out**: one statement completing (or failing) a task whose N dependants wait; the trigger releases "
+        "(or fails) all N inside it, so this is what the completing RPC costs on top of its own work: "
+        + "; ".join(f"N = {size}: complete {c:.0f} ms, fail {f:.0f} ms" for size, c, f in fan_out)
+        + ". Mind Supabase's statement timeout for API roles (8 s by default) with fan-outs far beyond these.",
+        "",
         f"**A dependency's completion → its dependant's `/run`** ({args.pairs} pairs, one at a time; `POLL_INTERVAL=5`, "
         "no pg_net trigger: the dispatcher claims right after it applied a completion):",
         "",
@@ -255,9 +289,8 @@ def _report(args, claims, inserts, release) -> str:
     lines += [
         "",
         "The second interval is two RPCs through the PostgREST double (the completion, whose trigger releases the "
-        "dependant in the same transaction, then the claim) with a durable commit each, and the `/run`. Its slow "
-        "tail is the claim's RPC waiting on this shared machine (the RPC log shows `claim_tasks` answering late, "
-        "not the dispatcher waiting to start it); the seed's 5 s polling would average 2.5 s here.",
+        "dependant in the same transaction, then the claim), each with a durable commit, and the `/run`. For "
+        "comparison, waiting for the next poll would add POLL_INTERVAL / 2 (2.5 s with the seed's 5 s) on average.",
     ]
     return "\n".join(lines)
 

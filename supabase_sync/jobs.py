@@ -23,8 +23,6 @@ MAX_RUN_BODY_BYTES = 10 * 1024 * 1024  # RunPod's /run limit
 PERMANENT_ERROR_TYPES = frozenset({"invalid_input", "invalid_workflow", "prompt_rejected"})
 # Inline file payloads larger than this are not copied into tasks.result (use uploads).
 MAX_INLINE_RESULT_BYTES = 64 * 1024
-
-
 MAX_PROBLEMS_TEXT = 4000  # error_message: every problem, up to this many characters
 
 

@@ -56,7 +56,7 @@ class Metrics:
             "# HELP supabase_sync_up 1 when the last database query for these metrics worked.",
             "# TYPE supabase_sync_up gauge",
             f"supabase_sync_up {1 if up else 0}",
-            "# HELP supabase_sync_queue_depth Unfinished tasks by task type and status (queued, in_progress).",
+            "# HELP supabase_sync_queue_depth Unfinished tasks by task type and status (waiting, queued, in_progress).",
             "# TYPE supabase_sync_queue_depth gauge",
         ]
         in_flight: dict[str, int] = defaultdict(int)

@@ -112,13 +112,14 @@ def _resolve_one(ref: dict[str, Any], outputs: dict[UUID, DependencyOutput]) -> 
         if wanted >= len(dep.outputs):
             return None, f"task {task_id} has {len(dep.outputs)} outputs; there is no output {wanted}"
         item = dep.outputs[wanted]
-        if not item.get("url"):
+        if not isinstance(item.get("url"), str) or not item["url"]:
             return None, f"output {wanted} of task {task_id} ({item.get('kind') or 'no kind'}) has no URL{_INLINE_HINT}"
         return item["url"], None
-    for item in dep.outputs:
-        if str(item.get("node_id")) == wanted and item.get("url"):
+    with_url = [item for item in dep.outputs if isinstance(item.get("url"), str) and item["url"]]
+    for item in with_url:
+        if str(item.get("node_id")) == wanted:
             return item["url"], None
-    nodes = sorted({str(item.get("node_id")) for item in dep.outputs if item.get("url")})
+    nodes = sorted({str(item.get("node_id")) for item in with_url})
     return None, (f"task {task_id} has no output with a URL from node {wanted!r} "
                   f"(nodes with one: {', '.join(nodes) if nodes else 'none'})")
 

@@ -113,3 +113,20 @@ def test_a_reference_added_to_params_after_insert_is_refused_because_it_is_no_de
     dispatch_until(settings, lambda: all(db.task(t)["status"] == "failed" for t in (task_id, ghost)), "failed")
     assert f"params.video_url: task {other} is not among this task's depends_on" in db.task(task_id)["error_message"]
     assert "does not exist" in db.task(ghost)["error_message"]
+
+
+def test_metrics_show_waiting_tasks_apart_from_the_runnable_queue(db, emulator):
+    import httpx
+
+    blocker = db.insert_task("comfy", RAW, status="in_progress")
+    db.insert_task("comfy", RAW, depends_on=[blocker])
+    settings = make_settings(db, emulator)
+
+    async def scenario() -> str:
+        async with running(settings) as base:
+            async with httpx.AsyncClient() as http:
+                return (await http.get(f"{base}/metrics")).text
+
+    text = asyncio.run(scenario())
+    assert 'supabase_sync_queue_depth{status="waiting",task_type="comfy"} 1' in text
+    assert 'status="queued"' not in text

@@ -202,9 +202,10 @@ def test_the_seeds_monitoring_query_still_runs_and_shows_waiting_tasks(db):
 
 def test_a_long_chain_fails_downstream_in_one_call_without_exhausting_the_stack(db):
     ids = [db.insert_task()]
-    for _ in range(400):
-        ids.append(str(db.sql("insert into tasks (task_type, depends_on) values ('comfy', array[%s]::uuid[]) returning task_id",
-                              (ids[-1],))[0]["task_id"]))
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        for _ in range(400):
+            ids.append(str(conn.execute("insert into tasks (task_type, depends_on) values ('comfy', array[%s]::uuid[]) "
+                                        "returning task_id", (ids[-1],)).fetchone()[0]))
     fail(db, ids[0], "root cause")
     last = db.task(ids[-1])
     assert last["status"] == "failed" and last["error_message"].endswith("root cause")
