@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from uuid import UUID
 
 from supabase_sync.config import Route
-from supabase_sync.output_refs import find_refs, ref_problem, resolve_refs
+from supabase_sync.output_refs import find_refs, referenced_tasks, resolve_refs
 from supabase_sync.runpod_api import JobStatus
 from supabase_sync.store import ClaimedTask, DependencyOutput, TaskStore
 from supabase_sync.templates import Found, TemplateCatalog, TemplateError, render
@@ -216,7 +216,7 @@ def _params_or_none(task: ClaimedTask) -> dict[str, Any] | None:
 
 def _referenced(params: dict[str, Any]) -> set[UUID]:
     try:
-        return {UUID(ref["from_task"]) for _, ref in find_refs(params) if ref_problem(ref) is None}
+        return referenced_tasks(params)
     except RecursionError:
         return set()  # reported when the job is built
 

@@ -193,10 +193,6 @@ class Template(BaseModel):
             raise ValueError(f"{value!r} is not a template name (letters, digits, '_', '.', '-'; no '@'; at most 100)")
         return value
 
-    @property
-    def ref(self) -> TemplateRef:
-        return TemplateRef(self.name, self.version)
-
 
 def load_template(data: Any, subject: str) -> Template:
     """A Template from parsed JSON/YAML, or TemplateError listing every problem found.

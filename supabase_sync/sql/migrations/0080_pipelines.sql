@@ -245,6 +245,8 @@ returns void
 language plpgsql
 security definer
 set search_path = public
+-- a fan-out's estimated cost passes jit_above_cost: compiling then costs more than the work (~1 s)
+set jit = off
 as $$
 declare
     v_frontier uuid[];
@@ -300,6 +302,8 @@ returns trigger
 language plpgsql
 security definer
 set search_path = public
+-- a fan-out's estimated cost passes jit_above_cost: compiling then costs more than the work (~1 s)
+set jit = off
 as $$
 begin
     if current_setting('supabase_sync.failing_downstream', true) = 'on' then
