@@ -270,7 +270,7 @@ def _report(args, claims, inserts, fan_out, release) -> str:
         "the commit's fsync is timed; median per INSERT): "
         + "; ".join(f"{label} {us:.0f} µs" for label, us in inserts.items()) + ".",
         "",
-        "**Fan-out**: one statement completing (or failing) a task whose N dependants wait; the trigger releases "
+        "**Fan-out** (one run each): one statement completing (or failing) a task whose N dependants wait; the trigger releases "
         "(or fails) all N inside it, so this is what the completing RPC costs on top of its own work: "
         + "; ".join(f"N = {size}: complete {c:.0f} ms, fail {f:.0f} ms" for size, c, f in fan_out)
         + ". Mind Supabase's statement timeout for API roles (8 s by default) with fan-outs far beyond these.",
@@ -288,7 +288,7 @@ def _report(args, claims, inserts, fan_out, release) -> str:
         lines.append(f"| {label} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {r['max_ms']:.1f} ms |")
     lines += [
         "",
-        "The second interval is two RPCs through the PostgREST double (the completion, whose trigger releases the "
+        "The last row is two RPCs through the PostgREST double (the completion, whose trigger releases the "
         "dependant in the same transaction, then the claim), each with a durable commit, and the `/run`. For "
         "comparison, waiting for the next poll would add POLL_INTERVAL / 2 (2.5 s with the seed's 5 s) on average.",
     ]
