@@ -9,6 +9,9 @@ job runs in a thread.
     python handler.py                          # run test_input.json once (exit 0 / 1)
     python handler.py --test_input '<json>'    # run that job once
     python handler.py --rp_serve_api           # RunPod's local API server
+
+A one-job local run writes its outputs to ./outputs/<job id>/ and prints a summary
+(comfy/worker/local_run.py).
 """
 
 import logging
@@ -45,10 +48,13 @@ import runpod  # noqa: E402
 from comfy.job.run import run_job  # noqa: E402
 from comfy.server.runtime import WorkerRuntime  # noqa: E402
 from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
+from comfy.worker.local_run import LocalRun  # noqa: E402
 from comfy.worker.warmup import WarmupReport, run_warmup  # noqa: E402
 
 RUNTIME = WorkerRuntime(BOOT.settings, PROCESS, BOOT.custom_nodes)
 WARMUP = WarmupReport()  # the warm-up's, once it ran (below, before the SDK asks for jobs)
+# `python handler.py` running one job for a person: outputs to ./outputs/<job id>/, a summary.
+LOCAL = LocalRun.for_process(SETTINGS, sys.argv, os.environ) if __name__ == "__main__" else None
 # The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.
 HEARTBEAT = WorkerHeartbeat.from_env().start()
 atexit.register(HEARTBEAT.stop)
@@ -67,7 +73,8 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     job_input = job.get("input")
     HEARTBEAT.set_current_task(job_input.get("task_id") if isinstance(job_input, dict) else None)
     try:
-        result = await asyncio.to_thread(run_job, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
+        run = LOCAL.run_job if LOCAL else run_job
+        result = await asyncio.to_thread(run, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
         return WARMUP.add_to_first_result(result)
     except asyncio.CancelledError:
         cancel.set()  # the job thread interrupts ComfyUI and removes the prompt

@@ -72,3 +72,9 @@ class OutputError(JobError):
     """An output file could not be read or delivered."""
 
     error_type = "output_error"
+
+
+class OutputTooLarge(OutputError):
+    """The result would be larger than RESULT_MAX_BYTES and storage could not take the rest."""
+
+    error_type = "output_too_large"

@@ -93,6 +93,7 @@ class WorkerSettings:
     hf_hub_cache: Path = RUNPOD_HF_CACHE  # HF_HUB_CACHE: a Hugging Face hub cache shown to ComfyUI
     custom_nodes: str | None = None  # CUSTOM_NODES: a manifest file, or its lines, installed at boot
     custom_nodes_dir: Path | None = None  # CUSTOM_NODES_DIR; unset: on_volume("custom-nodes")
+    local_output_dir: Path = Path("outputs")  # LOCAL_OUTPUT_DIR: local runs write outputs to <this>/<job id>/
 
     @property
     def attach_mode(self) -> bool:
@@ -159,4 +160,5 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "hf_hub_cache": ("HF_HUB_CACHE", lambda raw: Path(raw) if raw else RUNPOD_HF_CACHE),
     "custom_nodes": ("CUSTOM_NODES", lambda raw: raw or None),
     "custom_nodes_dir": ("CUSTOM_NODES_DIR", lambda raw: Path(raw) if raw else None),
+    "local_output_dir": ("LOCAL_OUTPUT_DIR", lambda raw: Path(raw or "outputs")),
 }

@@ -45,6 +45,13 @@ def run_handler(worker, job_input: Any, job_id: str | None = None) -> dict[str, 
     return asyncio.run(worker.handler({"id": job_id or f"test-{uuid.uuid4().hex[:8]}", "input": job_input}))
 
 
+def file_bytes(result: dict[str, Any], entry: dict[str, Any]) -> bytes:
+    """An inline output file's bytes: `outputs` refers to its `images` entry by `images_index`."""
+    image = result["images"][entry["images_index"]]
+    assert entry["delivery"] == "inline" and image["type"] == "base64" and image["filename"] == entry["filename"]
+    return base64.b64decode(image["data"])
+
+
 def png_bytes(width: int = 16, height: int = 16, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     from PIL import Image
 

@@ -1,61 +1,39 @@
 """Hand the outputs back in the job result: inline, or uploaded to S3 or Supabase Storage.
 
-Inline delivery: every file as base64, in worker-comfyui's `images` list (every file,
-not only images, so its clients keep working) and in the richer `outputs` list.
-Storage delivery: every file uploaded (comfy.delivery.storage); `outputs` entries carry url,
-storage_path, bucket, size_bytes, sha256 and content_type, `images` entries the URL.
-Either every file is delivered or the job fails: a failed upload takes back the files
-already uploaded for the job and fails it with an error naming the file and destination.
+The result's shape and size: comfy.delivery.result. Inline delivery (comfy.delivery.inline):
+each file's base64 once, in worker-comfyui's `images` list, within RESULT_MAX_BYTES; the
+largest go to storage when configured and the rest would not fit. Storage delivery: every file
+uploaded (comfy.delivery.storage); `outputs` entries carry url, storage_path, bucket, size_bytes,
+sha256 and content_type, `images` entries the URL. Either every file is delivered or the job
+fails: a failed upload takes back the files already uploaded for the job and fails it with an
+error naming the file and destination.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pybase64
-
+from comfy.delivery.budget import (METADATA_ADVICE, SpillTarget, choose_spill, deliver_inline, fit_budget,
+                                   storage_keys, too_large)
 from comfy.delivery.outputs import OutputFile, OutputKind
 from comfy.delivery.poster import POSTER_CONTENT_TYPE, make_poster
 from comfy.delivery.request import OutputRequest
-from comfy.delivery.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
-from comfy.errors import OutputError
+from comfy.delivery.result import RESERVE_BYTES, SizeModel, assemble, is_file, json_size
+from comfy.delivery.storage import S3Target, S3Uploader, SupabaseUploader, Uploader
+from comfy.delivery.uploads import upload_all
+from comfy.errors import OutputError, OutputTooLarge
 from comfy.media.settings import MediaSettings
 from comfy.media.url_safety import check_url
 
-
-def deliver_inline(files: list[OutputFile], max_bytes: int | None = None, storage_hint: str = "") -> dict[str, Any]:
-    """The result's `images` and `outputs` with file contents inline.
-
-    Over `max_bytes` (all files together) nothing is read and OutputError says how to
-    configure storage instead.
-    """
-    if max_bytes is not None:
-        total = sum(f.size_bytes or 0 for f in files if f.kind is not OutputKind.TEXT)
-        if total > max_bytes:
-            raise OutputError(
-                f"outputs are {total} bytes, over INLINE_MAX_BYTES ({max_bytes}) for inline delivery; "
-                + (storage_hint or "configure storage: set output.mode to 's3' (BUCKET_ENDPOINT_URL, "
-                   "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY, or per-request output credentials) or 'supabase' "
-                   "(SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_STORAGE_BUCKET)"),
-                details={"total_bytes": total, "inline_max_bytes": max_bytes},
-            )
-    images: list[dict[str, Any]] = []
-    outputs: list[dict[str, Any]] = []
-    for item in files:
-        entry = item.model_dump(mode="json", exclude_none=True)
-        if item.kind is not OutputKind.TEXT and item.path is not None:
-            raw = item.path.read_bytes()
-            data = pybase64.b64encode_as_string(raw)
-            entry["data"] = data
-            entry["sha256"] = hashlib.sha256(raw).hexdigest()
-            images.append({"filename": item.filename, "type": "base64", "data": data})
-        outputs.append(entry)
-    return {"images": images, "outputs": outputs}
+STORAGE_ADVICE = (
+    "configure storage and the largest files go there automatically: S3 (BUCKET_ENDPOINT_URL, "
+    "BUCKET_ACCESS_KEY_ID, BUCKET_SECRET_ACCESS_KEY) or Supabase Storage (SUPABASE_URL, "
+    "SUPABASE_SERVICE_ROLE_KEY, SUPABASE_STORAGE_BUCKET), or give output.mode 's3' with the job's own "
+    "credentials; /runsync callers may raise RESULT_MAX_BYTES up to 20 MB"
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +47,8 @@ class DeliveryPlan:
     mode: str
     uploader: Uploader | None  # None for inline
     prefix: str
-    inline_max_bytes: int
-    inline_hint: str = ""
+    result_max_bytes: int
+    spill: SpillTarget | None = None  # inline: where outputs go that do not fit the result
     small_file_bytes: int = 0  # files up to this size are sent in one request each...
     parallel: int = 1  # ...this many at a time
     poster_python: str | None = None  # ComfyUI's Python, to make video posters; None: no posters
@@ -78,11 +56,11 @@ class DeliveryPlan:
     def deliver(self, files: list[OutputFile]) -> dict[str, Any]:
         """Deliver every file, or raise naming the file and the destination."""
         if self.uploader is None:
-            return deliver_inline(files, self.inline_max_bytes, self.inline_hint)
+            return deliver_inline(files, self.result_max_bytes, self.spill, STORAGE_ADVICE)
         with tempfile.TemporaryDirectory(prefix="comfy-posters-") as folder:
             posters = make_posters(files, Path(folder), self.poster_python) if self.poster_python else {}
             return deliver_to_storage(files, self.uploader, self.prefix, self.mode,
-                                      self.small_file_bytes, self.parallel, posters)
+                                      self.small_file_bytes, self.parallel, posters, self.result_max_bytes)
 
 
 def make_posters(files: list[OutputFile], folder: Path, python: str) -> dict[int, Path]:
@@ -106,13 +84,16 @@ def plan_delivery(
     """
     mode = request.mode or media.default_output_mode()
     if mode == "inline":
-        hint = ""
-        if media.s3_configured or media.supabase_configured:
-            configured = "supabase" if media.supabase_configured else "s3"
-            hint = f"storage is configured: ask for it with output.mode '{configured}' (or unset OUTPUT_MODE=inline)"
-        return DeliveryPlan("inline", None, "", media.inline_max_bytes, hint)
+        spill = None
+        if media.supabase_configured or media.s3_configured:
+            # Built only if a result does not fit: most inline jobs never pay for a storage client.
+            spill_mode = "supabase" if media.supabase_configured else "s3"
+            spill = SpillTarget(spill_mode, lambda: make_uploader(spill_mode, OutputRequest(), media),
+                                storage_prefix(request, media, job_key), media.multipart_chunk_bytes,
+                                media.upload_concurrency)
+        return DeliveryPlan("inline", None, "", media.result_max_bytes, spill)
     return DeliveryPlan(mode, make_uploader(mode, request, media), storage_prefix(request, media, job_key),
-                        media.inline_max_bytes, small_file_bytes=media.multipart_chunk_bytes,
+                        media.result_max_bytes, small_file_bytes=media.multipart_chunk_bytes,
                         parallel=media.upload_concurrency,
                         poster_python=comfy_python if request.poster is not False else None)
 
@@ -163,7 +144,7 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
     try:
         return SupabaseUploader(
             media.supabase_url, media.supabase_service_role_key, bucket, public, expiry,
-            media.upload_retries, media.retry_backoff_s, media.supabase_standard_upload_max_bytes, s3_route,
+            media.upload_retries, media.retry_backoff_s, s3_route,
         )
     except Exception as exc:  # noqa: BLE001 - the client refuses a malformed URL or key with its own type
         raise OutputError(f"cannot use Supabase Storage at {media.supabase_url!r}: {exc}") from exc
@@ -172,81 +153,43 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
 def deliver_to_storage(
     files: list[OutputFile], uploader: Uploader, prefix: str, mode: str,
     small_file_bytes: int = 0, parallel: int = 1, posters: dict[int, Path] | None = None,
+    max_bytes: int = 10**12,
 ) -> dict[str, Any]:
-    """Upload every file; on any failure remove what was uploaded and raise UploadFailed.
+    """Upload every file (comfy.delivery.uploads.upload_all: all or nothing, a few at a time).
 
-    Files up to `small_file_bytes` (one request each) go up `parallel` at a time, so a batch
-    of frames costs a few round trips rather than one per file; larger files follow one at
-    a time, each already sending `parallel` parts. Requests in flight never exceed `parallel`.
     `posters` (JPEGs by output index) go up beside their videos as `<video key>.poster.jpg`
-    and appear as the video's `poster` entry.
+    and appear as the video's `poster` entry. Texts stay inline unless the result would pass
+    `max_bytes`; then the largest go to storage too (comfy.delivery.budget). A result whose
+    metadata alone would not fit fails with `output_too_large`, before any upload when the
+    estimate says so, else with the job's uploads taken back.
     """
+    keys = storage_keys(files, prefix)
+    model = SizeModel(files, max_bytes, keys)
+    limit = max_bytes - RESERVE_BYTES
+    file_indexes = [index for index, item in enumerate(files) if is_file(item)]
+    choose_spill(files, model, limit, {index: None for index in file_indexes}, mode)  # raises if it cannot fit
     uploads: list[tuple[Any, OutputFile, str, str]] = [
-        (index, item, _storage_key(item, prefix), item.content_type or "application/octet-stream")
-        for index, item in enumerate(files)
-        if item.kind is not OutputKind.TEXT and item.path is not None
+        (index, files[index], keys[index], files[index].content_type or "application/octet-stream")
+        for index in file_indexes
     ]
     for index, path in (posters or {}).items():
         video = files[index]
         poster = OutputFile(node_id=video.node_id, class_type=video.class_type, key=video.key, kind=OutputKind.IMAGE,
                             filename=f"{video.filename}.poster.jpg", content_type=POSTER_CONTENT_TYPE,
                             size_bytes=path.stat().st_size, path=path)
-        uploads.append((("poster", index), poster, _storage_key(video, prefix) + ".poster.jpg", POSTER_CONTENT_TYPE))
-    small, large = [], []
-    for upload in uploads:
-        (small if parallel > 1 and (upload[1].size_bytes or 0) <= small_file_bytes else large).append(upload)
-    stored: dict[Any, StoredFile] = {}  # by output index, or ("poster", index)
-    failure: BaseException | None = None
-    if small:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(parallel, len(small)),
-                                                   thread_name_prefix="upload") as pool:
-            futures = [(index, pool.submit(_upload_one, uploader, item, key, ctype)) for index, item, key, ctype in small]
-            for index, future in futures:
-                if future.cancelled():
-                    continue
-                try:
-                    stored[index] = future.result()
-                except BaseException as exc:  # noqa: BLE001 - kept, raised after the others are taken back
-                    failure = failure or exc
-                    for _, pending in futures:
-                        pending.cancel()  # files not started yet are not sent at all
+        uploads.append((("poster", index), poster, keys[index] + ".poster.jpg", POSTER_CONTENT_TYPE))
+    uploaded = upload_all(uploads, uploader, small_file_bytes, parallel)
+    poster_entries = {key[1]: done for key, done in uploaded.items() if isinstance(key, tuple)}
+    stored = {key: done for key, done in uploaded.items() if isinstance(key, int)}
     try:
-        for index, item, key, ctype in large if failure is None else ():
-            stored[index] = _upload_one(uploader, item, key, ctype)
-    except BaseException as exc:
-        failure = exc
-    if failure is not None:
-        for done in stored.values():  # never a partial success: take back this job's uploads
+        stored = fit_budget(files, model, limit, stored, keys, uploader, mode, small_file_bytes, parallel)
+        result = assemble(files, {}, stored, mode, max_bytes, poster_entries)
+        if (size := json_size(result)) > limit:  # posters are not in the size model; no base64 here: cheap
+            for done in stored.values():
+                uploader.delete(done.storage_path)
+            raise too_large(files, size, max_bytes, METADATA_ADVICE)
+    except OutputTooLarge:
+        for done in poster_entries.values():
             uploader.delete(done.storage_path)
-        raise failure
-    images: list[dict[str, Any]] = []
-    outputs: list[dict[str, Any]] = []
-    for index, item in enumerate(files):
-        entry = item.model_dump(mode="json", exclude_none=True)
-        if index in stored:
-            entry.update(stored[index].model_dump(mode="json"))
-            images.append({"filename": item.filename, "type": f"{mode}_url", "data": stored[index].url})
-        if ("poster", index) in stored:
-            entry["poster"] = stored[("poster", index)].model_dump(mode="json")
-        outputs.append(entry)
-    return {"images": images, "outputs": outputs}
-
-
-def _storage_key(item: OutputFile, prefix: str) -> str:
-    assert item.path is not None
-    return prefix + (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
-
-
-def _upload_one(uploader: Uploader, item: OutputFile, key: str, content_type: str) -> StoredFile:
-    """Upload one output; any failure becomes UploadFailed naming the file and the destination."""
-    assert item.path is not None
-    try:
-        return uploader.upload(item.path, key, content_type)
-    except UploadFailed as exc:
-        exc.details = {**(exc.details or {}), "file": item.filename, "destination": uploader.destination}
         raise
-    except Exception as exc:  # noqa: BLE001 - a client library's own error: still name file and place
-        raise UploadFailed(
-            f"uploading output {item.filename!r} to {uploader.destination} failed: {type(exc).__name__}: {exc}",
-            details={"file": item.filename, "destination": uploader.destination},
-        ) from exc
+    return result

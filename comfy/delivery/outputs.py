@@ -48,6 +48,7 @@ class OutputFile(BaseModel):
     content_type: str | None = None
     size_bytes: int | None = None
     text: str | None = None
+    saved_to: str | None = Field(default=None, description="local runs: where the file was written")
     path: Path | None = Field(default=None, exclude=True)
 
 

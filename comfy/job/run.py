@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from comfy.delivery.deliver import plan_delivery
+from comfy.delivery.local_copy import save_outputs
 from comfy.errors import ComfyUnavailable, JobError, JobTimeout
 from comfy.media.staging import stage_inputs
 from comfy.job.input import JobInput, parse_job_input
+from comfy.job.result import JobResult
 from comfy.media.settings import MediaSettings
 from comfy.models.fetch import JobModels, fetch_job_models
 from comfy.server.monitor import Cancelled, DeadlineExceeded
@@ -46,10 +48,12 @@ def run_job(
     send_progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: threading.Event | None = None,
     discard_outputs: bool = False,
-) -> dict[str, Any]:
+    save_dir: Path | None = None,
+) -> JobResult:
     """Run one job and return the RunPod result (`error` set on failure).
 
     discard_outputs (the warm-up): run the workflow, deliver nothing; its files are removed.
+    `save_dir` (local runs): every output is also written there, and its entry says where.
     """
     started = time.monotonic()
     cancel = cancel or threading.Event()
@@ -57,7 +61,7 @@ def run_job(
     with runtime.job_lock:
         try:
             job = parse_job_input(raw_input, max_images=runtime.settings.max_images)
-            result = _run(runtime, job, job_id, send_progress, cancel, started, discard_outputs)
+            result = _run(runtime, job, job_id, send_progress, cancel, started, discard_outputs, save_dir)
         except JobError as exc:
             log.warning("job %s failed: %s", job_id, exc.message)
             result = exc.to_result()
@@ -68,7 +72,7 @@ def run_job(
         _free_memory(runtime)
     if runtime.settings.refresh_worker or (crashed and runtime.settings.refresh_after_crash):
         result["refresh_worker"] = True
-    return result
+    return JobResult(result)
 
 
 def _run(
@@ -79,6 +83,7 @@ def _run(
     cancel: threading.Event,
     started: float,
     discard_outputs: bool = False,
+    save_dir: Path | None = None,
 ) -> dict[str, Any]:
     settings, client = runtime.settings, runtime.client
     media = MediaSettings.from_env()  # per job: cheap, and an operator's change applies at once
@@ -128,6 +133,8 @@ def _run(
             result: dict[str, Any] = {}
         else:
             files = collect_outputs(finished.history, graph, settings, client, scratch, job.include_temp)
+            if save_dir is not None:
+                files = save_outputs(files, save_dir)
             result = delivery.deliver(files)  # the files are removed below, with the rest of the prompt's
         done = time.monotonic()
         result["prompt_id"] = prompt_id

@@ -42,7 +42,9 @@ class MediaSettings(BaseModel):
 
     # Outputs
     output_mode: Literal["inline", "s3", "supabase"] | None = None  # OUTPUT_MODE; unset: storage if configured
-    inline_max_bytes: int = Field(default=8 * MIB, gt=0)  # INLINE_MAX_BYTES: all inline files together
+    # RESULT_MAX_BYTES: the job result as the SDK encodes it (files' base64, text, metadata). RunPod
+    # keeps /run results up to 10 MB; 9 MB leaves room for its envelope. /runsync allows 20 MB.
+    result_max_bytes: int = Field(default=9_000_000, ge=64 * 1024)
     upload_retries: int = Field(default=3, ge=0, le=10)  # UPLOAD_RETRIES: extra attempts per file
     url_expiry_s: int = Field(default=7 * 24 * 3600, gt=0, le=7 * 24 * 3600)  # OUTPUT_URL_EXPIRY_S
     storage_prefix: str | None = None  # OUTPUT_PREFIX: default `<task or job id>/`
@@ -65,7 +67,6 @@ class MediaSettings(BaseModel):
     supabase_s3_access_key_id: str | None = Field(default=None, repr=False)  # SUPABASE_S3_ACCESS_KEY_ID
     supabase_s3_secret_access_key: str | None = Field(default=None, repr=False)  # SUPABASE_S3_SECRET_ACCESS_KEY
     supabase_s3_region: str = "us-east-1"  # SUPABASE_S3_REGION: the project's region
-    supabase_standard_upload_max_bytes: int = Field(default=50 * MIB, gt=0)  # SUPABASE_STANDARD_UPLOAD_MAX_BYTES
 
     @property
     def s3_configured(self) -> bool:
@@ -89,6 +90,9 @@ class MediaSettings(BaseModel):
     def from_env(cls, env: Mapping[str, str] | None = None) -> "MediaSettings":
         """Read every variable in ENV_VARS; a bad value raises MediaSettingsError naming it."""
         env = os.environ if env is None else env
+        replaced = [f"{old} was replaced by {new}" for old, new in REPLACED_VARS.items() if env.get(old, "").strip()]
+        if replaced:  # an old limit silently ignored would change what the worker returns
+            raise MediaSettingsError("invalid media settings: " + "; ".join(replaced))
         values = {attr: env[var].strip() for attr, var in ENV_VARS.items() if env.get(var, "").strip()}
         try:
             return cls.model_validate(values)
@@ -110,7 +114,7 @@ ENV_VARS: dict[str, str] = {
     "download_max_redirects": "DOWNLOAD_MAX_REDIRECTS",
     "retry_backoff_s": "RETRY_BACKOFF_S",
     "output_mode": "OUTPUT_MODE",
-    "inline_max_bytes": "INLINE_MAX_BYTES",
+    "result_max_bytes": "RESULT_MAX_BYTES",
     "upload_retries": "UPLOAD_RETRIES",
     "url_expiry_s": "OUTPUT_URL_EXPIRY_S",
     "storage_prefix": "OUTPUT_PREFIX",
@@ -129,5 +133,10 @@ ENV_VARS: dict[str, str] = {
     "supabase_s3_access_key_id": "SUPABASE_S3_ACCESS_KEY_ID",
     "supabase_s3_secret_access_key": "SUPABASE_S3_SECRET_ACCESS_KEY",
     "supabase_s3_region": "SUPABASE_S3_REGION",
-    "supabase_standard_upload_max_bytes": "SUPABASE_STANDARD_UPLOAD_MAX_BYTES",
+}
+
+# Variables of earlier versions whose meaning changed: set, they fail loudly instead of being ignored.
+REPLACED_VARS: dict[str, str] = {
+    "INLINE_MAX_BYTES": "RESULT_MAX_BYTES (the whole encoded result, not the raw files)",
+    "SUPABASE_STANDARD_UPLOAD_MAX_BYTES": "resumable (TUS) uploads, which have no such cap",
 }

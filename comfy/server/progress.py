@@ -32,6 +32,7 @@ class ProgressReporter:
         self._interval_s = interval_s
         self._last_sent = float("-inf")
         self._done: set[str] = set()
+        self._current: str | None = None
         self._total = len(graph)
         self.sent = 0
 
@@ -42,11 +43,14 @@ class ProgressReporter:
         self._done.update(str(n) for n in node_ids)
 
     def update(self, node_id: str, value: int, maximum: int) -> None:
+        node_id = str(node_id)
+        if self._current is not None and node_id != self._current:
+            self._done.add(self._current)  # ComfyUI runs one node at a time: the previous one has finished
+        self._current = node_id
         now = time.monotonic()
         final = maximum > 0 and value >= maximum
         if not final and now - self._last_sent < self._interval_s:
             return
-        node_id = str(node_id)
         progress = Progress(
             node=node_id,
             class_type=(self._graph.get(node_id) or {}).get("class_type"),

@@ -21,7 +21,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.comfy_env import free_port
-from tests.conftest import run_handler, unique_color
+from tests.conftest import file_bytes, run_handler, unique_color
 from tests.doubles.storage_api import StorageApiDouble
 
 S3_KEY_ID = "test-key-id"
@@ -248,7 +248,7 @@ def mp4_bytes(worker) -> bytes:
     }
     result = run_handler(worker, {"workflow": workflow})
     assert "error" not in result, result
-    return base64.b64decode(result["outputs"][0]["data"])
+    return file_bytes(result, result["outputs"][0])
 
 
 def fetch(url: str) -> bytes:

@@ -94,14 +94,16 @@ class TestTextOutput:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"default": "hello"})}}
+        return {"required": {"text": ("STRING", {"default": "hello"})},
+                "optional": {"repeat": ("INT", {"default": 1, "min": 1, "max": 100_000_000})}}
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "run"
     CATEGORY = "testing"
 
-    def run(self, text):
+    def run(self, text, repeat=1):
+        text = text * repeat  # large texts, as a long transcript or an LLM's answer would be
         return {"ui": {"text": [text, text.upper()]}}
 
 

@@ -9,6 +9,17 @@ Follows ../shared/notes/supabase.md and storage3 2.34's requests:
 * `GET /storage/v1/object/sign/<bucket>/<path>?token=...` and
   `GET /storage/v1/object/public/<bucket>/<path>`: the bytes.
 * `DELETE /storage/v1/object/<bucket>` `{"prefixes": [...]}`.
+* Resumable uploads (TUS 1.0.0, as Storage serves them at `/storage/v1/upload/resumable`, see
+  ../shared/notes/supabase.md and Supabase's resumable-upload guide):
+  `POST` with `Tus-Resumable: 1.0.0`, `Upload-Length` and `Upload-Metadata` (bucketName,
+  objectName, contentType, cacheControl; base64 values) and `x-upsert` -> 201 with `Location:
+  <url>/storage/v1/upload/resumable/<base64url(bucket/object/version)>`;
+  `PATCH <Location>` with `Upload-Offset` and `Content-Type: application/offset+octet-stream`
+  -> 204 with the new `Upload-Offset` (409 when the offset is not the server's, 415 for another
+  content type, 413 past the length; every chunk but the last must be exactly 6 MB);
+  `HEAD <Location>` -> 200 with `Upload-Offset`, `Upload-Length`, `Cache-Control: no-store`.
+  The object exists once the last byte arrives. Tests can cut a PATCH's connection midway
+  (`cut_patch_calls`), keeping the bytes received before the cut as tus servers do.
 Every call must carry `apikey` and `Authorization: Bearer <service key>`. Errors use
 Storage's body `{"statusCode": "...", "error": "...", "message": "..."}`.
 
@@ -18,9 +29,11 @@ Objects uploaded through Storage's S3 endpoint (moto in the tests) are found thr
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import threading
+import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -35,6 +48,19 @@ class StoredObject:
     content_type: str
 
 
+TUS_CHUNK_BYTES = 6 * 1024 * 1024
+
+
+@dataclass
+class ResumableUpload:
+    bucket: str
+    path: str
+    length: int
+    content_type: str
+    upsert: bool
+    received: bytearray = field(default_factory=bytearray)
+
+
 @dataclass
 class StorageState:
     service_key: str
@@ -47,6 +73,12 @@ class StorageState:
     sign_calls: int = 0
     external_lookup: Callable[[str, str], bytes | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    resumable: dict[str, ResumableUpload] = field(default_factory=dict)  # by upload id
+    patch_calls: int = 0
+    patch_sizes: list[int] = field(default_factory=list)  # body length of every PATCH that completed
+    head_calls: int = 0
+    cut_patch_calls: set[int] = field(default_factory=set)  # these PATCH calls (1-based): half read, then cut
+    fail_patch_calls: set[int] = field(default_factory=set)  # these PATCH calls answer 500 (nothing kept)
 
     def find(self, bucket: str, path: str) -> bytes | None:
         found = self.objects.get((bucket, path))
@@ -124,7 +156,9 @@ class _StorageHandler(BaseHTTPRequestHandler):
         body = self._body()
         if not self._authorized():
             return
-        if segments[:2] == ["object", "sign"] and len(segments) >= 4:
+        if segments[:2] == ["upload", "resumable"] and len(segments) == 2:
+            self._tus_create()
+        elif segments[:2] == ["object", "sign"] and len(segments) >= 4:
             self._sign(segments[2], "/".join(segments[3:]), body)
         elif segments[:1] == ["object"] and len(segments) >= 3:
             self._upload(segments[1], "/".join(segments[2:]), body)
@@ -209,3 +243,115 @@ class _StorageHandler(BaseHTTPRequestHandler):
                 if self.storage.objects.pop((segments[1], path), None) is not None:
                     removed.append({"name": path, "bucket_id": segments[1]})
         self._json(200, removed)
+
+    # --- resumable uploads (TUS) ----------------------------------------------------
+    def _tus_headers(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Tus-Resumable", "1.0.0")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _tus_refuse(self, status: int, message: str) -> None:
+        self._tus_headers(status, {"Content-Type": "text/plain"}, message.encode())
+
+    def _tus_upload(self, segments: list[str]) -> tuple[str, ResumableUpload] | None:
+        if len(segments) != 3 or segments[:2] != ["upload", "resumable"]:
+            self._error(404, "not_found", f"no route {self.command} {self.path}")
+            return None
+        upload = self.storage.resumable.get(segments[2])
+        if upload is None:
+            self._tus_refuse(404, "upload not found")
+            return None
+        return segments[2], upload
+
+    def _tus_create(self) -> None:
+        state = self.storage
+        if not self._authorized():
+            return
+        if self.headers.get("Tus-Resumable") != "1.0.0":
+            self._tus_refuse(412, "Tus-Resumable 1.0.0 required")
+            return
+        try:
+            length = int(self.headers.get("Upload-Length", ""))
+            metadata = {key: base64.b64decode(value).decode() for key, value in
+                        (pair.strip().split(" ", 1) for pair in self.headers.get("Upload-Metadata", "").split(","))}
+        except ValueError:
+            self._tus_refuse(400, "Upload-Length and Upload-Metadata are required")
+            return
+        bucket, path = metadata.get("bucketName", ""), metadata.get("objectName", "")
+        if bucket not in state.buckets:
+            self._tus_refuse(404, "Bucket not found")
+            return
+        upsert = self.headers.get("x-upsert") == "true"
+        if (bucket, path) in state.objects and not upsert:
+            self._tus_refuse(409, "The resource already exists")
+            return
+        upload_id = base64.urlsafe_b64encode(f"{bucket}/{path}/{uuid.uuid4()}".encode()).decode().rstrip("=")
+        with state.lock:
+            state.resumable[upload_id] = ResumableUpload(bucket, path, length, metadata.get("contentType", ""), upsert)
+        self._tus_headers(201, {"Location": f"http://{self.headers['Host']}/storage/v1/upload/resumable/{upload_id}"})
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        segments, _query = self._route()
+        if not self._authorized():
+            return
+        found = self._tus_upload(segments)
+        if found is None:
+            return
+        with self.storage.lock:
+            self.storage.head_calls += 1
+            offset = len(found[1].received)
+        self._tus_headers(200, {"Upload-Offset": str(offset), "Upload-Length": str(found[1].length),
+                                "Cache-Control": "no-store"})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        segments, _query = self._route()
+        state = self.storage
+        length = int(self.headers.get("Content-Length") or 0)
+        if not self._authorized():
+            self.rfile.read(length)
+            return
+        found = self._tus_upload(segments)
+        if found is None:
+            self.rfile.read(length)
+            return
+        _, upload = found
+        with state.lock:
+            state.patch_calls += 1
+            call = state.patch_calls
+        if call in state.cut_patch_calls:  # a dropped connection: what arrived before it is kept
+            half = self.rfile.read(length // 2)
+            with state.lock:
+                if int(self.headers.get("Upload-Offset", -1)) == len(upload.received):
+                    upload.received += half
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        body = self.rfile.read(length)
+        if call in state.fail_patch_calls:
+            self._tus_refuse(500, "injected failure")
+            return
+        if self.headers.get("Content-Type") != "application/offset+octet-stream":
+            self._tus_refuse(415, "Content-Type must be application/offset+octet-stream")
+            return
+        with state.lock:
+            offset = len(upload.received)
+            if int(self.headers.get("Upload-Offset", -1)) != offset:
+                self._tus_refuse(409, f"offset mismatch: the upload is at {offset}")
+                return
+            if offset + len(body) > upload.length:
+                self._tus_refuse(413, "more bytes than Upload-Length")
+                return
+            if len(body) != TUS_CHUNK_BYTES and offset + len(body) != upload.length:
+                self._tus_refuse(400, f"chunks must be {TUS_CHUNK_BYTES} bytes except the last")
+                return
+            upload.received += body
+            state.patch_sizes.append(len(body))
+            new_offset = len(upload.received)
+            if new_offset == upload.length:
+                state.objects[(upload.bucket, upload.path)] = StoredObject(bytes(upload.received), upload.content_type)
+        self._tus_headers(204, {"Upload-Offset": str(new_offset)})

@@ -1,23 +1,30 @@
 """Upload to Supabase Storage; return public or signed URLs.
 
-Two routes (docs/media.md says why):
+Routes (docs/media.md says why):
 * with Storage's S3 keys (SUPABASE_S3_ACCESS_KEY_ID/SECRET): Storage's S3-compatible
   endpoint with boto3 multipart, any size, parts read from disk;
-* without them: the standard upload (`POST /storage/v1/object/<bucket>/<path>`) through the
-  supabase client, given an open file so httpx streams it, and only up to
-  SUPABASE_STANDARD_UPLOAD_MAX_BYTES; a larger file fails with advice to set the S3 keys.
+* without them, files up to 6 MB: the standard upload (`POST /storage/v1/object/<bucket>/<path>`)
+  through the supabase client, given an open file so httpx streams it;
+* without them, larger files: a resumable (TUS) upload in 6 MB chunks
+  (comfy.delivery.storage.tus), resumed after a cut connection, any size the plan allows.
 URLs: public ones are built without a request; signed ones come from
 `POST /storage/v1/object/sign/<bucket>/<path>` with the service key.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import httpx
 from supabase import Client, create_client
 
 from comfy.delivery.storage.base import StoredFile, UploadFailed, log, sha256_of_file, with_retries
 from comfy.delivery.storage.s3 import S3Target, S3Uploader
+from comfy.delivery.storage.tus import TUS_CHUNK_BYTES, TusUpload
+
+# Connect fast or fail; a chunk of 6 MB may take a while on a slow link, silence of 60 s is a dead one.
+TUS_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 
 
 class SupabaseUploader:
@@ -32,8 +39,8 @@ class SupabaseUploader:
         url_expiry_s: int,
         retries: int,
         backoff_s: float,
-        standard_upload_max_bytes: int,
         s3_uploader: S3Uploader | None = None,
+        tus_timeout: httpx.Timeout = TUS_TIMEOUT,
     ) -> None:
         self.supabase_url = supabase_url.rstrip("/")
         self.bucket = bucket
@@ -41,9 +48,12 @@ class SupabaseUploader:
         self.url_expiry_s = url_expiry_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self.standard_upload_max_bytes = standard_upload_max_bytes
         self.s3 = s3_uploader
         self.client: Client = create_client(self.supabase_url, service_role_key)
+        self._service_key = service_role_key
+        self._tus_timeout = tus_timeout
+        self._tus_client: httpx.Client | None = None
+        self._tus_lock = threading.Lock()
         self.destination = f"Supabase Storage bucket {bucket!r} at {self.supabase_url}"
 
     @classmethod
@@ -63,15 +73,9 @@ class SupabaseUploader:
         if self.s3 is not None:
             stored = self.s3.upload(path, key, content_type)
             size, digest = stored.size_bytes, stored.sha256
+        elif (size := path.stat().st_size) > TUS_CHUNK_BYTES:
+            digest = self.upload_resumable(path, key, content_type)
         else:
-            size = path.stat().st_size
-            if size > self.standard_upload_max_bytes:
-                raise UploadFailed(
-                    f"output {path.name!r} ({size} bytes) is larger than SUPABASE_STANDARD_UPLOAD_MAX_BYTES "
-                    f"({self.standard_upload_max_bytes}) for {self.destination}: set SUPABASE_S3_ACCESS_KEY_ID and "
-                    "SUPABASE_S3_SECRET_ACCESS_KEY (Storage > S3 Connection) for multipart uploads of any size",
-                    details={"file": path.name, "size_bytes": size},
-                )
             digest = sha256_of_file(path)
 
             def send() -> None:
@@ -86,6 +90,24 @@ class SupabaseUploader:
                            self.retries, self.backoff_s, _retryable)
         return StoredFile(url=url, storage_path=key, bucket=self.bucket, size_bytes=size, sha256=digest,
                           content_type=content_type)
+
+    def upload_resumable(self, path: Path, key: str, content_type: str) -> str:
+        """A TUS upload through `<SUPABASE_URL>/storage/v1/upload/resumable`; the sha256 of what was sent."""
+        upload = TusUpload(self._tus(), f"{self.supabase_url}/storage/v1/upload/resumable",
+                           {"apikey": self._service_key, "Authorization": f"Bearer {self._service_key}"},
+                           path, self.bucket, key, content_type, upsert=True, retries=self.retries,
+                           backoff_s=self.backoff_s)
+        try:
+            return upload.run()
+        except UploadFailed as exc:
+            raise UploadFailed(f"uploading output {path.name!r} to {self.destination} as {key!r}: {exc.message}",
+                               details=exc.details) from exc
+
+    def _tus(self) -> httpx.Client:
+        with self._tus_lock:  # uploads of one job may run on several threads
+            if self._tus_client is None:
+                self._tus_client = httpx.Client(timeout=self._tus_timeout)
+            return self._tus_client
 
     def url_for(self, key: str) -> str:
         bucket = self.client.storage.from_(self.bucket)

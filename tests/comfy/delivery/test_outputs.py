@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.conftest import b64, empty_image_graph, png_bytes, run_handler, unique_color
+from tests.conftest import b64, empty_image_graph, file_bytes, png_bytes, run_handler, unique_color
 
 
 def test_one_image_in_one_image_out(worker):
@@ -28,7 +28,8 @@ def test_one_image_in_one_image_out(worker):
     [entry] = result["outputs"]
     assert entry["node_id"] == "3" and entry["class_type"] == "SaveImage"
     assert entry["kind"] == "image" and entry["content_type"] == "image/png"
-    assert entry["size_bytes"] == len(base64.b64decode(entry["data"]))
+    assert entry["size_bytes"] == len(file_bytes(result, entry))
+    assert entry["delivery"] == "inline" and "data" not in entry  # the bytes travel once, in images[]
     assert entry["subfolder"] == "one"
 
 
@@ -62,7 +63,7 @@ def test_video_from_create_video_and_save_video(worker):
     [video] = result["outputs"]
     assert video["kind"] == "video" and video["content_type"] == "video/mp4"
     assert video["filename"].endswith(".mp4")
-    data = base64.b64decode(video["data"])
+    data = file_bytes(result, video)
     assert data[4:8] == b"ftyp"  # an MP4 container
     assert result["images"][0]["filename"] == video["filename"]
 
@@ -95,7 +96,7 @@ def test_gifs_key_like_video_helper_suite_is_returned(worker):
     assert "error" not in result, result
     [gif] = result["outputs"]
     assert gif["key"] == "gifs" and gif["kind"] == "image" and gif["content_type"] == "image/gif"
-    assert base64.b64decode(gif["data"]).startswith(b"GIF8")
+    assert file_bytes(result, gif).startswith(b"GIF8")
 
 
 def test_text_outputs_come_back_as_text(worker):

@@ -8,7 +8,7 @@ import io
 import os
 from pathlib import Path
 
-from tests.conftest import empty_image_graph, run_handler, unique_color
+from tests.conftest import empty_image_graph, file_bytes, run_handler, unique_color
 from tests.comfy.conftest import S3_KEY_ID, S3_SECRET, fetch, s3_client
 
 
@@ -18,10 +18,10 @@ def output_files(worker) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def pixels(entry: dict) -> bytes:
+def pixels(result: dict, entry: dict) -> bytes:
     from PIL import Image
 
-    return Image.open(io.BytesIO(base64.b64decode(entry["data"]))).convert("RGB").tobytes()
+    return Image.open(io.BytesIO(file_bytes(result, entry))).convert("RGB").tobytes()
 
 
 def two_image_graph(color: int) -> dict:
@@ -41,18 +41,17 @@ def test_outputs_are_removed_and_an_identical_job_still_returns_its_files(worker
     assert "error" not in second, second
     assert len(second["outputs"]) == len(first["outputs"]) == 1
     # Same pixels (the PNG's embedded prompt differs by the per-run mark, so bytes do not).
-    assert pixels(second["outputs"][0]) == pixels(first["outputs"][0])
+    assert pixels(second, second["outputs"][0]) == pixels(first, first["outputs"][0])
     assert output_files(worker) == []
 
 
-def test_inline_over_the_limit_fails_with_advice(worker, monkeypatch):
+def test_the_replaced_inline_limit_is_named_instead_of_ignored(worker, monkeypatch):
     monkeypatch.setenv("INLINE_MAX_BYTES", "50")
 
     result = run_handler(worker, {"workflow": empty_image_graph("media/big", 32, 32, unique_color())})
 
-    assert result["error_type"] == "output_error"
-    assert "INLINE_MAX_BYTES (50)" in result["error"] and "BUCKET_ENDPOINT_URL" in result["error"]
-    assert output_files(worker) == []
+    assert result["error_type"] == "invalid_settings"
+    assert "INLINE_MAX_BYTES was replaced by RESULT_MAX_BYTES" in result["error"]
 
 
 def test_s3_from_environment_returns_presigned_urls_with_hashes(worker, s3_server, s3_bucket, monkeypatch):

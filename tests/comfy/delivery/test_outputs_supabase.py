@@ -89,17 +89,6 @@ def test_wrong_service_key_is_not_retried(worker, storage_api, monkeypatch):
     assert "1 attempt" in result["error"] and "403" in result["error"]
 
 
-def test_large_file_without_s3_keys_fails_with_advice(worker, storage_api, monkeypatch):
-    use_supabase(monkeypatch, storage_api)
-    monkeypatch.setenv("SUPABASE_STANDARD_UPLOAD_MAX_BYTES", "20")
-
-    result = run_handler(worker, {"workflow": empty_image_graph("media/large", 8, 8, unique_color())})
-
-    assert result["error_type"] == "upload_failed"
-    assert "SUPABASE_S3_ACCESS_KEY_ID" in result["error"] and "large_00001_.png" in result["error"]
-    assert storage_api.state.upload_calls == 0
-
-
 def test_s3_route_multipart_then_signed_url(worker, storage_api, s3_server, monkeypatch):
     use_supabase(monkeypatch, storage_api)
     monkeypatch.setenv("SUPABASE_S3_ENDPOINT_URL", s3_server)  # stands in for <SUPABASE_URL>/storage/v1/s3

@@ -10,7 +10,7 @@ import sys
 from PIL import Image
 
 from comfy.delivery.poster import make_poster
-from tests.conftest import run_handler, unique_color
+from tests.conftest import file_bytes, run_handler, unique_color
 from tests.comfy.conftest import S3_KEY_ID, S3_SECRET, fetch, s3_client
 
 
@@ -66,7 +66,7 @@ def test_inline_videos_have_no_poster(worker):
     result = run_handler(worker, {"workflow": video_graph(unique_color(), "media/inline-video")})
 
     assert "error" not in result, result
-    assert "poster" not in result["outputs"][0] and result["outputs"][0]["data"]
+    assert "poster" not in result["outputs"][0] and file_bytes(result, result["outputs"][0])
 
 
 def test_no_poster_for_a_file_that_is_not_a_video(worker, tmp_path, caplog):

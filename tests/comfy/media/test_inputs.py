@@ -12,7 +12,7 @@ from PIL import Image
 from comfy.media.staging import stage_inputs
 from comfy.job.input import parse_job_input
 from comfy.media.settings import MediaSettings
-from tests.conftest import b64, png_bytes, run_handler, unique_color
+from tests.conftest import b64, file_bytes, png_bytes, run_handler, unique_color
 
 
 def invert_graph(prefix: str = "media/inverted") -> dict:
@@ -31,8 +31,8 @@ def video_frames_graph(load_field_value: str = "placeholder.mp4") -> dict:
     }
 
 
-def decoded_image(entry: dict) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(entry["data"]))).convert("RGB")
+def decoded_image(result: dict, entry: dict) -> Image.Image:
+    return Image.open(io.BytesIO(file_bytes(result, entry))).convert("RGB")
 
 
 def staged_input_files(worker) -> list[Path]:
@@ -47,7 +47,7 @@ def test_image_url_into_load_image(worker, media_server, private_urls_allowed):
 
     assert "error" not in result, result
     [entry] = result["outputs"]
-    image = decoded_image(entry)
+    image = decoded_image(result, entry)
     assert image.size == (20, 12)
     assert all(abs(a - (255 - b)) <= 1 for a, b in zip(image.getpixel((0, 0)), color))
     assert staged_input_files(worker) == []  # the per-job input is gone after the job
@@ -62,7 +62,7 @@ def test_mp4_url_into_load_video(worker, media_server, private_urls_allowed, mp4
 
     assert "error" not in result, result
     assert len(result["outputs"]) == 3  # the three frames ComfyUI wrote into the mp4
-    assert decoded_image(result["outputs"][0]).size == (64, 64)
+    assert decoded_image(result, result["outputs"][0]).size == (64, 64)
 
 
 def test_seed_params_shape_video_url_node_and_field(worker, media_server, private_urls_allowed, mp4_bytes):
@@ -85,7 +85,7 @@ def test_redirect_is_followed(worker, media_server, private_urls_allowed):
     result = run_handler(worker, {"workflow": invert_graph(), "inputs": [{"node": 1, "field": "image", "url": start}]})
 
     assert "error" not in result, result
-    assert decoded_image(result["outputs"][0]).size == (9, 7)
+    assert decoded_image(result, result["outputs"][0]).size == (9, 7)
     assert media_server.hits("/go") == 1 and media_server.hits("/real.png") == 1
 
 
@@ -159,7 +159,7 @@ def test_base64_and_data_uri_inputs(worker):
     ]})
 
     assert "error" not in result, result
-    by_node = {o["node_id"]: decoded_image(o).getpixel((0, 0)) for o in result["outputs"]}
+    by_node = {o["node_id"]: decoded_image(result, o).getpixel((0, 0)) for o in result["outputs"]}
     assert set(by_node) == {"3", "5"}
     assert all(abs(a - b) <= 1 for a, b in zip(by_node["3"], (5, 255, 255)))  # inverted red
     assert all(abs(a - b) <= 1 for a, b in zip(by_node["5"], (0, 0, 250)))  # blue as given

@@ -33,7 +33,7 @@ def test_inputs_of_one_job_are_fetched_together(worker, media_server, private_ur
     assert "error" not in result, result
     [a], [b] = media_server.arrivals["/a.png"], media_server.arrivals["/b.png"]
     assert abs(a - b) < 0.5
-    by_prefix = {o["filename"].split("_")[0]: decoded_image(o) for o in result["outputs"]}
+    by_prefix = {o["filename"].split("_")[0]: decoded_image(result, o) for o in result["outputs"]}
     assert by_prefix["par-a"].size == (10, 10) and by_prefix["par-b"].size == (12, 6)  # each to its own node
     assert staged_input_files(worker) == []
 

@@ -69,14 +69,14 @@ def test_bad_settings_name_the_variable():
 def test_python_handler_py_runs_test_input_json_and_exits_0(worker, tmp_path):
     # Attach to the session's ComfyUI: the point here is RunPod's local mode end to end.
     env = worker_env(worker.SETTINGS.comfy_path, worker.SETTINGS.comfy_port,
-                     COMFY_URL=worker.SETTINGS.base_url, RUNPOD_LOG_LEVEL="INFO")
+                     COMFY_URL=worker.SETTINGS.base_url, RUNPOD_LOG_LEVEL="INFO", LOCAL_OUTPUT_DIR=str(tmp_path / "out"))
     done = subprocess.run([sys.executable, str(ROOT / "handler.py")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Job local_test completed successfully" in done.stdout + done.stderr
-    # The result (logged by the SDK) names both files; they were removed from output/ after delivery.
-    assert re.search(r"'filename': 'inverted_\d+_\.png'", done.stdout + done.stderr)
-    assert re.search(r"'filename': 'video_\d+_\.mp4'", done.stdout + done.stderr)
+    # Both files were written to LOCAL_OUTPUT_DIR/<job id>/ and removed from ComfyUI's output/.
+    written = sorted(p.name for p in (tmp_path / "out" / "local_test" / "test_input").iterdir())
+    assert re.fullmatch(r"inverted_\d+_\.png", written[0]) and re.fullmatch(r"video_\d+_\.mp4", written[1])
     output_dir = Path(worker.SETTINGS.comfy_path) / "output" / "test_input"
     assert not any(p.is_file() for p in output_dir.iterdir())
 

@@ -13,7 +13,7 @@ import urllib.request
 from comfy.job.run import run_job
 from comfy.server.runtime import WorkerRuntime
 from tests.comfy_env import ROOT, free_port, worker_env
-from tests.conftest import b64, png_bytes, unique_color
+from tests.conftest import b64, file_bytes, png_bytes, unique_color
 
 
 def test_inputs_are_uploaded_and_outputs_fetched_over_http_when_the_folder_is_unknown(worker):
@@ -34,7 +34,7 @@ def test_inputs_are_uploaded_and_outputs_fetched_over_http_when_the_folder_is_un
     assert uploaded.read_bytes() == source  # it went through POST /upload/image
     [out] = result["outputs"]
     on_disk = worker.SETTINGS.comfy_path / "output" / "remote" / out["filename"]
-    assert base64.b64decode(out["data"]) == on_disk.read_bytes()  # fetched through /view
+    assert file_bytes(result, out) == on_disk.read_bytes()  # fetched through /view
     uploaded.unlink()
 
 
