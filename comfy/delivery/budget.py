@@ -28,6 +28,8 @@ from comfy.delivery.uploads import storage_key, upload_all
 from comfy.errors import OutputTooLarge
 
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Kept for the worker's life: no thread start-up per job, and malloc's per-thread arenas are reused.
+_ENCODE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="encode")
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 METADATA_ADVICE = ("even with every output in storage the result's metadata does not fit: produce fewer outputs "
                    "per job or raise RESULT_MAX_BYTES (/runsync allows up to 20 MB)")
@@ -67,14 +69,14 @@ def fit_budget(files: list[OutputFile], model: SizeModel, limit: int, stored: di
     """Store outputs, largest first, until the result fits; every output stored so far on return.
 
     The first choice allows for URLs not known yet; once they are, the size is checked again and
-    more outputs move if needed. If nothing more can move, every upload of the job (those in
-    `stored` too) is taken back and OutputTooLarge raised.
+    more outputs move if needed. If nothing more can move (OutputTooLarge) or an upload fails
+    (UploadFailed), every upload of the job, those in `stored` too, is taken back.
     """
     stored = dict(stored)
     try:
         while (more := choose_spill(files, model, limit, stored, mode)):
             stored.update(store_outputs(files, more, keys, uploader, small_file_bytes, parallel))
-    except OutputTooLarge:
+    except BaseException:  # too large, or an upload failed: never a partial success
         for done in stored.values():
             uploader.delete(done.storage_path)
         raise
@@ -109,9 +111,7 @@ def encode_files(items: list[tuple[int, OutputFile]]) -> dict[int, InlineData]:
     """Each file's base64 and sha256, by output index (a few files at a time)."""
     if len(items) <= 1:
         return {index: _encode(item) for index, item in items}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(ENCODE_THREADS, len(items)),
-                                               thread_name_prefix="encode") as pool:
-        return dict(pool.map(lambda pair: (pair[0], _encode(pair[1])), items))
+    return dict(_ENCODE_POOL.map(lambda pair: (pair[0], _encode(pair[1])), items))
 
 
 def _encode(item: OutputFile) -> InlineData:

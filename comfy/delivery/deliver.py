@@ -24,7 +24,7 @@ from comfy.delivery.request import OutputRequest
 from comfy.delivery.result import RESERVE_BYTES, SizeModel, assemble, is_file, json_size
 from comfy.delivery.storage import S3Target, S3Uploader, SupabaseUploader, Uploader
 from comfy.delivery.uploads import upload_all
-from comfy.errors import OutputError, OutputTooLarge
+from comfy.errors import OutputError
 from comfy.media.settings import MediaSettings
 from comfy.media.url_safety import check_url
 
@@ -188,7 +188,7 @@ def deliver_to_storage(
             for done in stored.values():
                 uploader.delete(done.storage_path)
             raise too_large(files, size, max_bytes, METADATA_ADVICE)
-    except OutputTooLarge:
+    except BaseException:  # fit_budget took back the files; the posters go too
         for done in poster_entries.values():
             uploader.delete(done.storage_path)
         raise

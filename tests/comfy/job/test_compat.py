@@ -31,6 +31,10 @@ def test_worker_comfyui_request_gives_worker_comfyui_shaped_output(worker):
     assert set(images[0]) == {"filename", "type", "data"}
     assert images[0]["type"] == "base64" and images[0]["filename"].startswith("ComfyUI_")
     assert base64.b64decode(images[0]["data"]).startswith(b"\x89PNG")
+    # The richer list refers to that entry instead of carrying the bytes a second time.
+    [entry] = result["output"]["outputs"]
+    assert entry["images_index"] == 0 and entry["delivery"] == "inline" and "data" not in entry
+    assert entry["filename"] == images[0]["filename"]
 
 
 def test_worker_comfyui_clients_see_a_failure_as_error_text(worker):
