@@ -49,10 +49,12 @@ from comfy.job.run import run_job  # noqa: E402
 from comfy.server.runtime import WorkerRuntime  # noqa: E402
 from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
 from comfy.worker.local_run import LocalRun  # noqa: E402
+from comfy.worker.runpod_progress import RunPodProgress  # noqa: E402
 from comfy.worker.warmup import WarmupReport, run_warmup  # noqa: E402
 
 RUNTIME = WorkerRuntime(BOOT.settings, PROCESS, BOOT.custom_nodes)
 WARMUP = WarmupReport()  # the warm-up's, once it ran (below, before the SDK asks for jobs)
+PROGRESS = RunPodProgress()  # one kept connection for /status updates, not a thread and session each
 # `python handler.py` running one job for a person: outputs to ./outputs/<job id>/, a summary.
 LOCAL = LocalRun.for_process(SETTINGS, sys.argv, os.environ) if __name__ == "__main__" else None
 # The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.
@@ -64,7 +66,7 @@ def _progress_sender(job: dict[str, Any]):
     """Progress goes to RunPod's /status; off the platform there is nowhere to send it."""
     if not os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"):
         return None
-    return lambda progress: runpod.serverless.progress_update(job, progress)
+    return PROGRESS.sender(job, asyncio.get_running_loop())
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:

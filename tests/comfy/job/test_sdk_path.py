@@ -31,15 +31,18 @@ ENDPOINT = "ep-results"
 
 
 class RecordingEmulator(RunPodEmulator):
-    """Keeps the raw body of every job-done POST."""
+    """Keeps the raw body of every job-done POST, and every progress update."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.done_bodies: list[bytes] = []
+        self.progress_bodies: list[dict] = []
 
     async def _job_done(self, request: Request) -> Response:
         body = await request.body()
-        if b'"IN_PROGRESS"' not in body[:200]:
+        if b'"IN_PROGRESS"' in body[:200]:
+            self.progress_bodies.append(json.loads(body))
+        else:
             self.done_bodies.append(body)
         return await super()._job_done(request)
 
@@ -48,7 +51,8 @@ def two_outputs_graph() -> dict:
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": unique_color()}},
         "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": unique_color(), "strength": 0.5}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "sdk/noise"}},
+        "5": {"class_type": "TestProgress", "inputs": {"image": ["2", 0], "steps": 4}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "sdk/noise"}},
         "4": {"class_type": "TestTextOutput", "inputs": {"text": "naïve \"quoted\"\nline"}},
     }
 
@@ -98,6 +102,9 @@ def test_platform_mode_posts_the_handlers_result_to_job_done(worker, tmp_path):
     check_result(body["output"])
     assert raw == json.dumps(body, ensure_ascii=False).encode()  # what the SDK's json.dumps of a plain dict gives
     assert emulator.jobs[submitted["id"]].status == "COMPLETED"
+    # progress went to /status on the way (through the SDK's send_result, one kept session)
+    steps = [b["output"] for b in emulator.progress_bodies if b["output"]["node"] == "5"]
+    assert steps and steps[-1]["value"] == steps[-1]["max"] == 4 and steps[-1]["class_type"] == "TestProgress"
     worker_log = (tmp_path / "worker.log").read_text()
     assert "Handler output: <job result: 1 file (1 inline, 0 stored), 2 texts" in worker_log  # the repr, not the bytes
 
