@@ -34,7 +34,9 @@ import base64
 import io
 import json
 import os
+import dataclasses
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,7 @@ WORKER_COMFYUI_ENTRY = (
     "import runpod; runpod.serverless.start({'handler': handler.handler})"
 )
 SIDES = ("ours", "worker-comfyui")
+SAMPLES = ROOT / "bench" / "results" / "bench_results.json"  # every sample of the last run
 
 
 class StampingEmulator(RunPodEmulator):
@@ -269,7 +272,18 @@ def main() -> None:
     parser.add_argument("--worker-comfyui-git", help="clone worker-comfyui from this URL or git repository")
     parser.add_argument("--rounds", type=int, default=7, help="measured jobs per worker, mode and workload")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--report-only", action="store_true", help=f"rewrite the section from {SAMPLES.name} of the last run")
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads(SAMPLES.read_text())
+        workers = []
+        for entry in saved["workers"]:
+            worker = Worker(entry["side"], entry["mode"], None)  # type: ignore[arg-type]
+            worker.samples = {int(batch): [Sample(**sample) for sample in samples]
+                              for batch, samples in entry["samples"].items()}
+            workers.append(worker)
+        report(workers, saved["rounds"], saved["commit"], args.no_write, saved["when"])
+        return
     if args.worker_comfyui is None and not args.worker_comfyui_git:
         parser.error("give --worker-comfyui PATH (a checkout) or --worker-comfyui-git URL_OR_PATH")
     worker_comfyui = args.worker_comfyui or clone_worker_comfyui(args.worker_comfyui_git)
@@ -279,6 +293,7 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(worker_comfyui), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the workers and ComfyUI on the way out
     with tempfile.TemporaryDirectory() as tmp:
         logs = ROOT / "bench" / "results" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -304,10 +319,15 @@ def main() -> None:
                                   flush=True)
         finally:
             bench.stop()
-    report(workers, args.rounds, commit, args.no_write)
+    when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    SAMPLES.write_text(json.dumps({"rounds": args.rounds, "commit": commit, "when": when, "workers": [
+        {"side": w.side, "mode": w.mode,
+         "samples": {batch: [dataclasses.asdict(sample) for sample in samples] for batch, samples in w.samples.items()}}
+        for w in workers]}, indent=1))
+    report(workers, args.rounds, commit, args.no_write, when)
 
 
-def report(workers: list[Worker], rounds: int, commit: str, no_write: bool) -> None:
+def report(workers: list[Worker], rounds: int, commit: str, no_write: bool, when: str) -> None:
     by = {(w.side, w.mode): w for w in workers}
     rows, memory_rows, size_rows = [], [], []
     for mode, label in (("platform", "platform mode (job-take → job-done)"), ("runsync", "`--rp_serve_api` POST /runsync")):
@@ -335,7 +355,7 @@ Command: `.venv/bin/python bench/bench_results.py --worker-comfyui <checkout of 
 (`--rounds {rounds}`; worker-comfyui at commit {commit}, its handler.py unchanged, under the same runpod
 {_runpod_version()} as ours). Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()},
 one CPU ComfyUI 0.3.75 serving both workers, other processes running; run on
-{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Jobs of the two workers alternate; medians of {rounds} jobs each.
+{when}. Jobs of the two workers alternate; medians of {rounds} jobs each.
 
 **Per-job overhead through the SDK** (targets: ≤ 0.6× worker-comfyui for one image, ≤ 0.5× for eight):
 time the SDK's loop spends on the job (platform: job taken → job-done body received; /runsync: request →
@@ -354,6 +374,13 @@ size; VmHWM after the job − VmRSS before it, in multiples of the job-done body
 | path | ours | worker-comfyui |
 | --- | --- | --- |
 {chr(10).join(memory_rows)}
+
+Where the memory goes: the worker holds the result (each file's base64 once; before it was twice), and
+runpod 1.12 then holds its JSON text and that text's UTF-8 bytes beside it (platform mode: `json.dumps`,
+then aiohttp encodes the string; a socket that cannot take 33 MB at once also gets a copy of the rest in
+asyncio's write buffer); `/runsync` serialises through pydantic into a growing buffer, then bytes. The SDK's
+own copies are 2-3× the result, so ≤ 2× cannot be reached from the handler without changing the SDK; the
+budget (RESULT_MAX_BYTES, 9 MB) keeps a result this large out of the SDK by default (storage instead).
 
 **Result bytes per output byte** (inline delivery; the job-done body or /runsync answer against the files' raw bytes):
 

@@ -1,6 +1,6 @@
 """Hand the outputs back in the job result: inline, or uploaded to S3 or Supabase Storage.
 
-The result's shape and size: comfy.delivery.result. Inline delivery (comfy.delivery.inline):
+The result's shape and size: comfy.delivery.result. Inline delivery (comfy.delivery.budget):
 each file's base64 once, in worker-comfyui's `images` list, within RESULT_MAX_BYTES; the
 largest go to storage when configured and the rest would not fit. Storage delivery: every file
 uploaded (comfy.delivery.storage); `outputs` entries carry url, storage_path, bucket, size_bytes,
