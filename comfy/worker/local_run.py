@@ -56,9 +56,9 @@ class LocalRun:
                 from tqdm.contrib.logging import logging_redirect_tqdm  # log lines print above the bar
 
                 with logging_redirect_tqdm():
-                    result = run_job(runtime, raw_input, job_id, self.progress, cancel, self.save_dir(job_id))
+                    result = run_job(runtime, raw_input, job_id, self.progress, cancel, save_dir=self.save_dir(job_id))
             else:
-                result = run_job(runtime, raw_input, job_id, send_progress, cancel, self.save_dir(job_id))
+                result = run_job(runtime, raw_input, job_id, send_progress, cancel, save_dir=self.save_dir(job_id))
         finally:
             self._close_bar()
         self.print_summary(result, job_id)

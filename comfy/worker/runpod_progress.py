@@ -15,9 +15,11 @@ from typing import Any, Callable
 from runpod.http_client import AsyncClientSession
 from runpod.serverless.modules.rp_http import send_result
 
+IN_PROGRESS = "IN_PROGRESS"  # the status of a progress update in RunPod's job-done protocol
+
 
 class RunPodProgress:
-    """Makes per-job senders that post {"status": "IN_PROGRESS", "output": progress}."""
+    """Makes per-job senders that post progress updates (status IN_PROGRESS, the progress as output)."""
 
     def __init__(self) -> None:
         self._session: AsyncClientSession | None = None
@@ -31,4 +33,4 @@ class RunPodProgress:
     async def _post(self, job: dict[str, Any], progress: dict[str, Any]) -> None:
         if self._session is None or self._session.closed:
             self._session = AsyncClientSession()  # made on the SDK's loop, which it belongs to
-        await send_result(self._session, {"status": "IN_PROGRESS", "output": progress}, job)
+        await send_result(self._session, {"status": IN_PROGRESS, "output": progress}, job)
