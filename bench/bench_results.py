@@ -368,6 +368,10 @@ machine slows down far less than wall time.
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
+In platform mode every job also waits 0-100 ms inside the SDK before the handler starts, for both workers:
+runpod 1.12's `JobScaler.run_jobs` looks at its job queue every 0.1 s when idle (`asyncio.sleep(0.1)`). That
+wait is in the platform-mode times above and is not the handler's to remove; `/runsync` has none.
+
 **Peak RSS growth of the worker while it runs and returns the eight-image result** (target ≤ 2× the result's
 size; VmHWM after the job − VmRSS before it, in multiples of the job-done body / answer):
 
@@ -378,9 +382,10 @@ size; VmHWM after the job − VmRSS before it, in multiples of the job-done body
 Where the memory goes: the worker holds the result (each file's base64 once; before it was twice), and
 runpod 1.12 then holds its JSON text and that text's UTF-8 bytes beside it (platform mode: `json.dumps`,
 then aiohttp encodes the string; a socket that cannot take 33 MB at once also gets a copy of the rest in
-asyncio's write buffer); `/runsync` serialises through pydantic into a growing buffer, then bytes. The SDK's
-own copies are 2-3× the result, so ≤ 2× cannot be reached from the handler without changing the SDK; the
-budget (RESULT_MAX_BYTES, 9 MB) keeps a result this large out of the SDK by default (storage instead).
+asyncio's write buffer); `/runsync` serialises through pydantic into a growing buffer, then bytes. In platform
+mode the SDK's own copies alone are 2-3× the result, so ≤ 2× cannot be reached there from the handler without
+changing the SDK; the handler adds one file's raw bytes per encoding thread. The budget (RESULT_MAX_BYTES,
+9 MB) keeps a result this large out of the SDK by default (the largest files go to storage instead).
 
 **Result bytes per output byte** (inline delivery; the job-done body or /runsync answer against the files' raw bytes):
 
