@@ -20,8 +20,9 @@ from typing import Any
 import pybase64
 
 from comfy.delivery.outputs import OutputFile, OutputKind
-from comfy.delivery.poster import POSTER_CONTENT_TYPE, make_poster
-from comfy.delivery.request import OutputRequest
+from comfy.deadline import Deadline
+from comfy.delivery.poster import POSTER_CONTENT_TYPE, POSTER_TIMEOUT_S, make_poster
+from comfy.delivery.request import OutputRequest, storage_key_problem
 from comfy.delivery.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
 from comfy.errors import OutputError
 from comfy.media.settings import MediaSettings
@@ -74,35 +75,42 @@ class DeliveryPlan:
     small_file_bytes: int = 0  # files up to this size are sent in one request each...
     parallel: int = 1  # ...this many at a time
     poster_python: str | None = None  # ComfyUI's Python, to make video posters; None: no posters
+    deadline: Deadline | None = None  # the job's: no upload starts after it
 
     def deliver(self, files: list[OutputFile]) -> dict[str, Any]:
         """Deliver every file, or raise naming the file and the destination."""
         if self.uploader is None:
             return deliver_inline(files, self.inline_max_bytes, self.inline_hint)
         with tempfile.TemporaryDirectory(prefix="comfy-posters-") as folder:
-            posters = make_posters(files, Path(folder), self.poster_python) if self.poster_python else {}
+            posters = make_posters(files, Path(folder), self.poster_python, self.deadline) if self.poster_python else {}
             return deliver_to_storage(files, self.uploader, self.prefix, self.mode,
-                                      self.small_file_bytes, self.parallel, posters)
+                                      self.small_file_bytes, self.parallel, posters, self.deadline)
 
 
-def make_posters(files: list[OutputFile], folder: Path, python: str) -> dict[int, Path]:
-    """The first frame of every video output, as JPEG files in `folder`, by output index."""
+def make_posters(files: list[OutputFile], folder: Path, python: str,
+                 deadline: Deadline | None = None) -> dict[int, Path]:
+    """The first frame of every video output, as JPEG files in `folder`, by output index
+    (none once the job's deadline has passed: a poster is a convenience)."""
     posters: dict[int, Path] = {}
     for index, item in enumerate(files):
         if item.kind is OutputKind.VIDEO and item.path is not None:
-            made = make_poster(item.path, folder / f"{index:04d}.jpg", python)
+            if deadline is not None and deadline.remaining() < 1.0:
+                break
+            timeout_s = POSTER_TIMEOUT_S if deadline is None else deadline.bound(POSTER_TIMEOUT_S)
+            made = make_poster(item.path, folder / f"{index:04d}.jpg", python, timeout_s)
             if made is not None:
                 posters[index] = made
     return posters
 
 
 def plan_delivery(
-    request: OutputRequest, media: MediaSettings, job_key: str, comfy_python: str | None = None
+    request: OutputRequest, media: MediaSettings, job_key: str, comfy_python: str | None = None,
+    deadline: Deadline | None = None,
 ) -> DeliveryPlan:
     """Settle the mode and build the uploader; raise OutputError (or UnsafeURL) if it cannot work.
 
     `comfy_python` (ComfyUI's interpreter) lets storage modes add video posters unless the job
-    turns them off (`output.poster: false`).
+    turns them off (`output.poster: false`). `deadline`: the job's, which uploads respect.
     """
     mode = request.mode or media.default_output_mode()
     if mode == "inline":
@@ -111,28 +119,42 @@ def plan_delivery(
             configured = "supabase" if media.supabase_configured else "s3"
             hint = f"storage is configured: ask for it with output.mode '{configured}' (or unset OUTPUT_MODE=inline)"
         return DeliveryPlan("inline", None, "", media.inline_max_bytes, hint)
-    return DeliveryPlan(mode, make_uploader(mode, request, media), storage_prefix(request, media, job_key),
+    prefix = storage_prefix(request, media, job_key)
+    return DeliveryPlan(mode, make_uploader(mode, request, media, deadline), prefix,
                         media.inline_max_bytes, small_file_bytes=media.multipart_chunk_bytes,
                         parallel=media.upload_concurrency,
-                        poster_python=comfy_python if request.poster is not False else None)
+                        poster_python=comfy_python if request.poster is not False else None, deadline=deadline)
 
 
 def storage_prefix(request: OutputRequest, media: MediaSettings, job_key: str) -> str:
-    """The job's own prefix, or OUTPUT_PREFIX + `<task or job id>/` (keys never collide across jobs)."""
+    """The job's own prefix, or OUTPUT_PREFIX + `<task or job id>/` (keys never collide across jobs).
+
+    Every segment is checked (no '..', no absolute path, no control or bidi characters),
+    whichever of the job, the environment or the task id it came from.
+    """
     if request.prefix is not None:
-        return request.prefix
-    base = (media.storage_prefix or "").strip("/")
-    return f"{base}/{job_key}/" if base else f"{job_key}/"
+        prefix = request.prefix
+    else:
+        base = (media.storage_prefix or "").strip("/")
+        prefix = f"{base}/{job_key}/" if base else f"{job_key}/"
+    problem = storage_key_problem(prefix.rstrip("/")) if prefix.strip("/") else None
+    if problem:
+        source = "output.prefix" if request.prefix is not None else "OUTPUT_PREFIX and the task or job id"
+        raise OutputError(f"storage prefix {prefix!r} (from {source}) {problem}",
+                          details={"prefix": prefix, "problem": problem})
+    return prefix
 
 
-def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Uploader:
+def make_uploader(mode: str, request: OutputRequest, media: MediaSettings, deadline: Deadline | None = None) -> Uploader:
     """The uploader for `mode`, from the job's output settings over the environment's."""
     expiry = request.url_expiry_s or media.url_expiry_s
     if mode == "s3":
         endpoint = request.endpoint_url or media.s3_endpoint_url
+        pinned = None
         if request.endpoint_url:
-            # A job-supplied endpoint is a URL the worker will send data to: same checks as inputs.
-            check_url(request.endpoint_url, allow_private=media.allow_private_urls)
+            # A job-supplied endpoint is a URL the worker will send data to: same checks as inputs,
+            # and its uploads go to the address checked here (S3Uploader's PinnedSender).
+            pinned = check_url(request.endpoint_url, allow_private=media.allow_private_urls, deadline=deadline)
         key_id = request.access_key_id or media.s3_access_key_id
         secret = request.secret_access_key or media.s3_secret_access_key
         if not (endpoint or request.bucket or media.s3_bucket) or not (key_id and secret):
@@ -145,7 +167,7 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
             access_key_id=key_id, secret_access_key=secret, region=request.region or media.s3_region,
         )
         return S3Uploader(target, expiry, media.multipart_chunk_bytes, media.upload_concurrency,
-                          media.upload_retries, media.retry_backoff_s)
+                          media.upload_retries, media.retry_backoff_s, pinned=pinned, deadline=deadline)
     bucket = request.bucket or media.supabase_bucket
     if not (media.supabase_url and media.supabase_service_role_key and bucket):
         raise OutputError(
@@ -172,6 +194,7 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings) -> Up
 def deliver_to_storage(
     files: list[OutputFile], uploader: Uploader, prefix: str, mode: str,
     small_file_bytes: int = 0, parallel: int = 1, posters: dict[int, Path] | None = None,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
     """Upload every file; on any failure remove what was uploaded and raise UploadFailed.
 
@@ -200,7 +223,8 @@ def deliver_to_storage(
     if small:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(parallel, len(small)),
                                                    thread_name_prefix="upload") as pool:
-            futures = [(index, pool.submit(_upload_one, uploader, item, key, ctype)) for index, item, key, ctype in small]
+            futures = [(index, pool.submit(_upload_one, uploader, item, key, ctype, deadline))
+                       for index, item, key, ctype in small]
             for index, future in futures:
                 if future.cancelled():
                     continue
@@ -212,7 +236,7 @@ def deliver_to_storage(
                         pending.cancel()  # files not started yet are not sent at all
     try:
         for index, item, key, ctype in large if failure is None else ():
-            stored[index] = _upload_one(uploader, item, key, ctype)
+            stored[index] = _upload_one(uploader, item, key, ctype, deadline)
     except BaseException as exc:
         failure = exc
     if failure is not None:
@@ -233,13 +257,24 @@ def deliver_to_storage(
 
 
 def _storage_key(item: OutputFile, prefix: str) -> str:
+    """`<prefix><subfolder>/<filename>`; a name a node reported that is no safe key is refused."""
     assert item.path is not None
-    return prefix + (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
+    relative = (f"{item.subfolder.strip('/')}/" if item.subfolder else "") + (item.filename or item.path.name)
+    problem = storage_key_problem(relative)
+    if problem:
+        raise OutputError(
+            f"output {relative[:200]!r} of node {item.node_id} ({item.class_type}) cannot be a storage key: it {problem}",
+            details={"node_id": item.node_id, "key": relative[:500], "problem": problem},
+        )
+    return prefix + relative
 
 
-def _upload_one(uploader: Uploader, item: OutputFile, key: str, content_type: str) -> StoredFile:
+def _upload_one(uploader: Uploader, item: OutputFile, key: str, content_type: str,
+                deadline: Deadline | None = None) -> StoredFile:
     """Upload one output; any failure becomes UploadFailed naming the file and the destination."""
     assert item.path is not None
+    if deadline is not None and deadline.expired():
+        raise deadline.exceeded(f"uploading outputs to {uploader.destination}")
     try:
         return uploader.upload(item.path, key, content_type)
     except UploadFailed as exc:
