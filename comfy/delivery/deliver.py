@@ -24,7 +24,7 @@ from comfy.deadline import Deadline
 from comfy.delivery.poster import POSTER_CONTENT_TYPE, POSTER_TIMEOUT_S, make_poster
 from comfy.delivery.request import OutputRequest, storage_key_problem
 from comfy.delivery.storage import S3Target, S3Uploader, StoredFile, SupabaseUploader, UploadFailed, Uploader
-from comfy.errors import OutputError
+from comfy.errors import JobError, OutputError
 from comfy.media.settings import MediaSettings
 from comfy.media.url_safety import check_url
 
@@ -279,6 +279,8 @@ def _upload_one(uploader: Uploader, item: OutputFile, key: str, content_type: st
         return uploader.upload(item.path, key, content_type)
     except UploadFailed as exc:
         exc.details = {**(exc.details or {}), "file": item.filename, "destination": uploader.destination}
+        raise
+    except JobError:  # the job's deadline: its own error
         raise
     except Exception as exc:  # noqa: BLE001 - a client library's own error: still name file and place
         raise UploadFailed(

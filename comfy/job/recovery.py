@@ -168,6 +168,12 @@ def reap_later(client: ComfyClient, prompt_id: str, on_finished: Callable[[dict[
             time.sleep(0.2)
         log.info("abandoned prompt %s never ran", prompt_id)
 
-    thread = threading.Thread(target=run, name=f"reap-{prompt_id[:8]}", daemon=True)
+    def guarded() -> None:
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - e.g. the worker shutting its client down: just stop
+            log.warning("abandoned prompt %s: reaper stopped: %s", prompt_id, exc)
+
+    thread = threading.Thread(target=guarded, name=f"reap-{prompt_id[:8]}", daemon=True)
     thread.start()
     return thread

@@ -80,6 +80,14 @@ def _write_failed(what: str, folder: Path, exc: OSError) -> InputWriteFailed:
     )
 
 
+def _discard(path: Path) -> None:
+    """Remove a leftover partial file; a folder that refuses even that has already been reported."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def publish(source: Path, target: Path) -> None:
     """Give the finished file `source` the name `target`, never replacing an existing file.
 
@@ -114,7 +122,7 @@ def write_input_file(
         except OSError as exc:
             raise _write_failed(what or f"input file {name!r}", input_dir, exc) from None
         finally:
-            partial.unlink(missing_ok=True)
+            _discard(partial)
         staged.paths.append(target)
         return name
     subfolder, _, filename = name.rpartition("/")
@@ -318,7 +326,7 @@ def stage_media_input(
                 partial.write_bytes(data)
                 publish(partial, final)
             finally:
-                partial.unlink(missing_ok=True)
+                _discard(partial)
         if input_dir is not None:
             staged.paths.append(final)
             return name
