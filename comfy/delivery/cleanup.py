@@ -80,15 +80,16 @@ CLEANED_FOLDERS = ("output", "temp")
 def _walk(root: Path) -> list[str]:
     """Every file and folder under root, as paths relative to it (symlinks not followed)."""
     found: list[str] = []
-    stack = [root]
+    cut = len(str(root)) + 1
+    stack = [str(root)]
     while stack:
         folder = stack.pop()
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    found.append(os.path.relpath(entry.path, root))
+                    found.append(entry.path[cut:])
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
+                        stack.append(entry.path)
         except OSError:
             continue
     return found
