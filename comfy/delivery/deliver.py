@@ -180,12 +180,14 @@ def make_uploader(mode: str, request: OutputRequest, media: MediaSettings, deadl
             media.supabase_url, media.supabase_s3_endpoint_url, media.supabase_s3_access_key_id,
             media.supabase_s3_secret_access_key, media.supabase_s3_region, bucket,
             media.multipart_chunk_bytes, media.upload_concurrency, media.upload_retries, media.retry_backoff_s,
+            deadline,
         )
     public = request.public if request.public is not None else media.supabase_public
     try:
         return SupabaseUploader(
             media.supabase_url, media.supabase_service_role_key, bucket, public, expiry,
             media.upload_retries, media.retry_backoff_s, media.supabase_standard_upload_max_bytes, s3_route,
+            deadline=deadline,
         )
     except Exception as exc:  # noqa: BLE001 - the client refuses a malformed URL or key with its own type
         raise OutputError(f"cannot use Supabase Storage at {media.supabase_url!r}: {exc}") from exc

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from supabase import Client, create_client
 
+from comfy.deadline import Deadline
 from comfy.delivery.storage.base import StoredFile, UploadFailed, log, sha256_of_file, with_retries
 from comfy.delivery.storage.s3 import S3Target, S3Uploader
 
@@ -34,6 +35,7 @@ class SupabaseUploader:
         backoff_s: float,
         standard_upload_max_bytes: int,
         s3_uploader: S3Uploader | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.supabase_url = supabase_url.rstrip("/")
         self.bucket = bucket
@@ -43,20 +45,21 @@ class SupabaseUploader:
         self.backoff_s = backoff_s
         self.standard_upload_max_bytes = standard_upload_max_bytes
         self.s3 = s3_uploader
+        self.deadline = deadline  # the job's: no attempt or backoff past it
         self.client: Client = create_client(self.supabase_url, service_role_key)
         self.destination = f"Supabase Storage bucket {bucket!r} at {self.supabase_url}"
 
     @classmethod
     def s3_route(cls, supabase_url: str, endpoint_url: str | None, access_key_id: str, secret_access_key: str,
                  region: str, bucket: str, chunk_bytes: int, concurrency: int, retries: int,
-                 backoff_s: float) -> S3Uploader:
+                 backoff_s: float, deadline: Deadline | None = None) -> S3Uploader:
         """The S3 uploader for Storage's S3 endpoint (default <SUPABASE_URL>/storage/v1/s3)."""
         target = S3Target(
             bucket=bucket, endpoint_url=endpoint_url or f"{supabase_url.rstrip('/')}/storage/v1/s3",
             access_key_id=access_key_id, secret_access_key=secret_access_key, region=region, path_style=True,
         )
         return S3Uploader(target, url_expiry_s=3600, chunk_bytes=chunk_bytes, concurrency=concurrency,
-                          retries=retries, backoff_s=backoff_s)
+                          retries=retries, backoff_s=backoff_s, deadline=deadline)
 
     def upload(self, path: Path, key: str, content_type: str) -> StoredFile:
         """Upload `path` to `key`; raise UploadFailed naming the file and the bucket."""
@@ -81,9 +84,9 @@ class SupabaseUploader:
                     )
 
             with_retries(send, f"uploading output {path.name!r} to {self.destination} as {key!r}",
-                         self.retries, self.backoff_s, _retryable)
+                         self.retries, self.backoff_s, _retryable, self.deadline)
         url = with_retries(lambda: self.url_for(key), f"signing the URL of {key!r} in {self.destination}",
-                           self.retries, self.backoff_s, _retryable)
+                           self.retries, self.backoff_s, _retryable, self.deadline)
         return StoredFile(url=url, storage_path=key, bucket=self.bucket, size_bytes=size, sha256=digest,
                           content_type=content_type)
 
