@@ -134,3 +134,26 @@ def test_an_attached_comfyui_that_freezes_fails_the_job_with_refresh_and_its_que
         runtime.shutdown()
     result = run_handler(worker, {"workflow": empty_image_graph(color=unique_color())})
     assert "error" not in result, result
+
+
+def test_a_prompt_running_when_an_attached_comfyui_froze_leaves_no_files_once_it_thaws(worker):
+    settings = dataclasses.replace(worker.SETTINGS, comfy_url=worker.SETTINGS.base_url)
+    runtime = WorkerRuntime(settings)
+    pid = worker.PROCESS.pid
+    try:
+        thread, outcome = _in_background(
+            lambda: run_job(runtime, {"workflow": _graph("TestSleep", 3, "hung/running"), "timeout_s": 2}, "running"))
+        time.sleep(1.0)
+        with frozen(pid):
+            thread.join(timeout=40)
+            assert outcome["error_type"] == "comfy_unavailable", outcome
+            time.sleep(2.5)  # by the clock its node is done: on waking it saves at once, unless stopped first
+        # Thawed: the reaper interrupts the prompt, or removes what it wrote once it has ended.
+        prompt_id = outcome["details"]["prompt_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(t.name == f"reap-{prompt_id[:8]}" for t in threading.enumerate()):
+            time.sleep(0.1)
+        assert worker.RUNTIME.client.history(prompt_id) is not None  # it did end, one way or the other
+        assert _files_under(worker, "hung") == []
+    finally:
+        runtime.shutdown()
