@@ -95,8 +95,8 @@ def settle(
         if prompt_id and isinstance(error, (JobTimeout, JobCancelled)):
             _append(error, "; ComfyUI was interrupted")
         return error, False
-    if outcome is Stop.DEAD:
-        return error, False  # a crash: the caller's crash handling reports and restarts it
+    if outcome is Stop.DEAD:  # a crash: the next job restarts it, and the result asks for a new worker
+        return (error if runtime.comfy_alive() else ComfyUnavailable(runtime.describe_death())), False
     owned = runtime.process is not None
     if owned:
         runtime.restart_comfy(why)
