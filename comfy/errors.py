@@ -18,6 +18,9 @@ class JobError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        # Set when ComfyUI had to be killed or given up on for this job: "after_crash" asks
+        # RunPod to replace the worker if REFRESH_WORKER_AFTER_CRASH is on, "always" asks anyway.
+        self.refresh_worker: str | None = None
 
     def to_result(self) -> dict[str, Any]:
         result: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
@@ -57,15 +60,34 @@ class ExecutionInterrupted(JobError):
 
 
 class JobTimeout(JobError):
-    """The job ran past its deadline; ComfyUI was interrupted."""
+    """The job ran past its deadline (`timeout_s`); a running prompt was interrupted."""
 
     error_type = "timeout"
+
+
+class JobCancelled(JobError):
+    """RunPod cancelled the job; a running prompt was interrupted."""
+
+    error_type = "cancelled"
 
 
 class ComfyUnavailable(JobError):
     """ComfyUI could not be started or reached, or died during the job."""
 
     error_type = "comfy_unavailable"
+
+
+class ComfyUnresponsive(ComfyUnavailable):
+    """ComfyUI accepted a connection but did not answer in time: hung, deadlocked or stopped."""
+
+
+class InputWriteFailed(JobError):
+    """An input file could not be written where ComfyUI reads it (read-only folder, full disk).
+
+    A fault of the worker's machine, not of the job: another worker may well succeed.
+    """
+
+    error_type = "input_write_failed"
 
 
 class OutputError(JobError):

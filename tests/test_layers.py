@@ -1,6 +1,6 @@
 """The tree's layers: imports point one way (docs/architecture.md, "Layers").
 
-Worker: comfy.errors/comfy.settings/comfy.volume_lock < comfy.nodes < comfy.server < comfy.media
+Worker: comfy.errors/comfy.settings/comfy.deadline/comfy.volume_lock < comfy.nodes < comfy.server < comfy.media
 < comfy.models < comfy.delivery < comfy.job < comfy.worker < handler.py. Queue side: the shared modules of supabase_sync < the scaler
 < the workflow templates < the dispatcher. The two programs never import each other.
 """
@@ -14,7 +14,8 @@ import pytest
 
 from tests.comfy_env import ROOT
 
-WORKER_RANK = {"comfy": 0, "comfy.errors": 0, "comfy.settings": 0, "comfy.volume_lock": 0, "comfy.nodes": 1,
+WORKER_RANK = {"comfy": 0, "comfy.errors": 0, "comfy.settings": 0, "comfy.deadline": 0, "comfy.volume_lock": 0,
+               "comfy.nodes": 1,
                "comfy.server": 2, "comfy.media": 3, "comfy.models": 4, "comfy.delivery": 5, "comfy.job": 6,
                "comfy.worker": 7, "handler": 8}
 QUEUE_BASE = {"config", "store", "runpod_api", "metrics", "migrations", "webhooks", "output_refs"}

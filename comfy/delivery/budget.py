@@ -21,10 +21,11 @@ from typing import Any, Callable
 
 import pybase64
 
+from comfy.deadline import Deadline
 from comfy.delivery.outputs import OutputFile
 from comfy.delivery.result import RESERVE_BYTES, InlineData, SizeModel, assemble, is_file
 from comfy.delivery.storage import StoredFile, Uploader
-from comfy.delivery.uploads import storage_key, upload_all
+from comfy.delivery.uploads import check_keys, storage_key, upload_all
 from comfy.errors import OutputTooLarge
 
 ENCODE_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -47,7 +48,7 @@ class SpillTarget:
 
 
 def deliver_inline(files: list[OutputFile], max_bytes: int, spill: SpillTarget | None,
-                   storage_advice: str) -> dict[str, Any]:
+                   storage_advice: str, deadline: Deadline | None = None) -> dict[str, Any]:
     """The result with every output inline, or the largest in storage when they do not fit."""
     keys = storage_keys(files, spill.prefix if spill else "")
     model = SizeModel(files, max_bytes, keys)
@@ -58,14 +59,15 @@ def deliver_inline(files: list[OutputFile], max_bytes: int, spill: SpillTarget |
             raise too_large(files, model.total({}), max_bytes, storage_advice)
     elif choose_spill(files, model, limit, {}, spill.mode):
         uploader = spill.make_uploader()
-        stored = fit_budget(files, model, limit, {}, keys, uploader, spill.mode, spill.small_file_bytes, spill.parallel)
+        stored = fit_budget(files, model, limit, {}, keys, uploader, spill.mode, spill.small_file_bytes, spill.parallel,
+                            deadline)
     inline = encode_files([(index, item) for index, item in enumerate(files) if is_file(item) and index not in stored])
     return assemble(files, inline, stored, spill.mode if stored else None, max_bytes)
 
 
 def fit_budget(files: list[OutputFile], model: SizeModel, limit: int, stored: dict[int, StoredFile],
                keys: dict[int, str], uploader: Uploader, mode: str, small_file_bytes: int = 0,
-               parallel: int = 1) -> dict[int, StoredFile]:
+               parallel: int = 1, deadline: Deadline | None = None) -> dict[int, StoredFile]:
     """Store outputs, largest first, until the result fits; every output stored so far on return.
 
     The first choice allows for URLs not known yet; once they are, the size is checked again and
@@ -75,7 +77,7 @@ def fit_budget(files: list[OutputFile], model: SizeModel, limit: int, stored: di
     stored = dict(stored)
     try:
         while (more := choose_spill(files, model, limit, stored, mode)):
-            stored.update(store_outputs(files, more, keys, uploader, small_file_bytes, parallel))
+            stored.update(store_outputs(files, more, keys, uploader, small_file_bytes, parallel, deadline))
     except BaseException:  # too large, or an upload failed: never a partial success
         for done in stored.values():
             uploader.delete(done.storage_path)
@@ -127,7 +129,7 @@ def storage_keys(files: list[OutputFile], prefix: str) -> dict[int, str]:
 
 
 def store_outputs(files: list[OutputFile], indexes: list[int], keys: dict[int, str], uploader: Uploader,
-                  small_file_bytes: int = 0, parallel: int = 1) -> dict[int, StoredFile]:
+                  small_file_bytes: int = 0, parallel: int = 1, deadline: Deadline | None = None) -> dict[int, StoredFile]:
     """Upload these outputs (texts as UTF-8 .txt files); all or nothing."""
     with tempfile.TemporaryDirectory(prefix="comfy-text-") as folder:
         uploads = []
@@ -140,7 +142,8 @@ def store_outputs(files: list[OutputFile], indexes: list[int], keys: dict[int, s
                 path.write_text(item.text or "", encoding="utf-8")
                 as_file = item.model_copy(update={"path": path, "filename": Path(keys[index]).name})
                 uploads.append((index, as_file, keys[index], TEXT_CONTENT_TYPE))
-        return upload_all(uploads, uploader, small_file_bytes, parallel)
+        check_keys(uploads, "")
+        return upload_all(uploads, uploader, small_file_bytes, parallel, deadline)
 
 
 def too_large(files: list[OutputFile], total: int, max_bytes: int, advice: str) -> OutputTooLarge:

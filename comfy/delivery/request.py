@@ -5,11 +5,39 @@ boundary. `comfy.job.input.JobInput` carries it; unset fields come from the envi
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from comfy.media.request import check_file_name
+
+
+# Control and format characters (U+202E RIGHT-TO-LEFT OVERRIDE, zero-width ones, ...), line
+# separators, surrogates and private-use characters make a key that reads as something else.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+
+
+def storage_key_problem(key: str) -> str | None:
+    """What is wrong with `key` (or part of one) as an object key, or None when it is safe.
+
+    Every '/'-separated segment must be non-empty, not '.' or '..', and free of backslashes
+    and of control, format (bidi overrides) and separator characters.
+    """
+    if key.startswith("/"):
+        return "is an absolute path"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            return f"has an empty, '.' or '..' segment ({key[:100]!r})"
+        if "\\" in segment:
+            return "has a backslash"
+        for char in segment:
+            if unicodedata.category(char) in _UNSAFE_CATEGORIES:
+                return f"has the control or formatting character U+{ord(char):04X}"
+    return None
 
 
 class OutputRequest(BaseModel):

@@ -12,14 +12,17 @@ Accepts runpod-workers/worker-comfyui's input unchanged (`workflow`, `images`,
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from comfy.delivery.request import OutputRequest
+from comfy.delivery.request import OutputRequest, storage_key_problem
 from comfy.errors import InvalidJobInput
-from comfy.media.request import ImageInput, MediaInput
+from comfy.job.validation import find_cycle
+from comfy.media.downloads import InputTooLarge
+from comfy.media.request import ImageInput, MediaInput, base64_decoded_size
 from comfy.models.request import ModelRequest, check_model_list
 
 MAX_TIMEOUT_S = 24 * 3600.0
@@ -47,6 +50,16 @@ class JobInput(BaseModel):
         default=None, max_length=200, description="the Supabase task this job runs (set by the dispatcher; for heartbeats and logs)"
     )
 
+    @field_validator("task_id")
+    @classmethod
+    def _task_id_is_one_key_segment(cls, value: str | None) -> str | None:
+        # It names the job's folder in storage (`<OUTPUT_PREFIX>/<task_id>/...`).
+        if value is not None:
+            problem = "has a '/'" if "/" in value else storage_key_problem(value)
+            if problem:
+                raise ValueError(f"task_id {value[:100]!r} cannot name a storage folder: it {problem}")
+        return value
+
     @field_validator("workflow", mode="before")
     @classmethod
     def _parse_workflow(cls, value: Any) -> Any:
@@ -55,6 +68,11 @@ class JobInput(BaseModel):
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"workflow is a string but not valid JSON ({exc})") from None
+            except RecursionError:
+                raise ValueError(f"workflow is nested deeper than {MAX_DEPTH} levels") from None
+            problem = json_value_problem(value, "workflow")
+            if problem:
+                raise ValueError(problem)
         if not isinstance(value, dict):
             raise ValueError(f"workflow must be an object (API format), not {type(value).__name__}")
         if "nodes" in value and "links" in value:
@@ -66,7 +84,10 @@ class JobInput(BaseModel):
             raise ValueError("workflow is empty")
         problems = []
         for node_id, node in value.items():
-            if not isinstance(node, dict):
+            if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+                problems.append(f"node id {str(node_id)[:40]!r}: node ids are 1-64 ASCII letters, digits, "
+                                "'_', '-', '.' or ':' (as ComfyUI writes them: '3', '12:5')")
+            elif not isinstance(node, dict):
                 problems.append(f"node {node_id}: must be an object with class_type and inputs")
             elif not isinstance(node.get("class_type"), str) or not node["class_type"]:
                 problems.append(f"node {node_id}: class_type is missing")
@@ -74,6 +95,9 @@ class JobInput(BaseModel):
                 problems.append(f"node {node_id} ({node['class_type']}): inputs must be an object")
         if problems:
             raise ValueError("; ".join(problems))
+        cycle = find_cycle(value)
+        if cycle:
+            raise ValueError(f"nodes {' -> '.join(cycle)} form a cycle: a node cannot depend on its own output")
         return value
 
     @field_validator("images")
@@ -133,18 +157,54 @@ class JobInput(BaseModel):
         return self
 
 
-def parse_job_input(raw: Any, max_images: int | None = None) -> JobInput:
-    """Validate a job's `input`; raise InvalidJobInput listing every problem by field."""
+MAX_DEPTH = 64  # API-format graphs are 5 or 6 levels deep; far deeper is an attack, not a workflow
+_NODE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def json_value_problem(value: Any, path: str = "input", max_depth: int = MAX_DEPTH) -> str | None:
+    """What makes `value` unfit as job input JSON, or None: nesting deeper than `max_depth`,
+    or NaN/Infinity (Python's json module reads them; they are not JSON, and ComfyUI
+    would get them as numbers). Iterative, so no depth can overflow the stack."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{where[:200]}: {item} is not a number JSON allows (NaN and Infinity are refused)"
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= max_depth:
+                return f"{where[:200]}: nested deeper than {max_depth} levels"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend((child, f"{where}.{key}", depth + 1) for key, child in pairs)
+    return None
+
+
+def parse_job_input(raw: Any, max_images: int | None = None, max_input_bytes: int | None = None) -> JobInput:
+    """Validate a job's `input`; raise InvalidJobInput listing every problem by field
+    (InputTooLarge for an image over `max_input_bytes`)."""
     if not isinstance(raw, dict):
         raise InvalidJobInput(f"job input must be a JSON object, not {type(raw).__name__}")
+    problem = json_value_problem(raw)
+    if problem:
+        field = problem.split(":", 1)[0].removeprefix("input.") or "input"
+        raise InvalidJobInput(f"invalid job input: {problem.removeprefix('input.')}",
+                              details=[{"field": field, "message": problem.split(": ", 1)[-1]}])
     if "workflow" not in raw:
         raise InvalidJobInput("job input has no 'workflow' (an API-format ComfyUI graph)")
-    if max_images is not None and isinstance(raw.get("images"), list) and len(raw["images"]) > max_images:
+    images = raw.get("images")
+    if max_images is not None and isinstance(images, list) and len(images) > max_images:
         # Refuse before decoding thousands of payloads.
         raise InvalidJobInput(
-            f"images: {len(raw['images'])} images given; at most {max_images} per job (MAX_INPUT_IMAGES)",
+            f"images: {len(images)} images given; at most {max_images} per job (MAX_INPUT_IMAGES)",
             details=[{"field": "images", "message": f"at most {max_images} images"}],
         )
+    if max_input_bytes is not None and isinstance(images, list):
+        for index, image in enumerate(images):
+            payload = image.get("image") if isinstance(image, dict) else None
+            if isinstance(payload, str) and (size := base64_decoded_size(payload)) > max_input_bytes:
+                raise InputTooLarge(  # before decoding it
+                    f"images.{index} ({str(image.get('name'))[:100]!r}) is {size} bytes, larger than MAX_INPUT_BYTES "
+                    f"({max_input_bytes} bytes)", details={"field": f"images.{index}", "limit_bytes": max_input_bytes},
+                )
     try:
         return JobInput.model_validate(raw, context={"max_images": max_images})
     except ValidationError as exc:

@@ -41,6 +41,37 @@ def _is_link(value: Any) -> bool:
     )
 
 
+def find_cycle(graph: dict[str, Any]) -> list[str] | None:
+    """The node ids of one cycle of links (`[a, b, ..., a]`), or None when the graph has none.
+
+    Iterative depth-first search: a graph of any size or depth cannot overflow the stack.
+    """
+    sources = {
+        node_id: [str(value[0]) for value in (node.get("inputs") or {}).values()
+                  if _is_link(value) and str(value[0]) in graph]
+        for node_id, node in graph.items() if isinstance(node, dict)
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sources:
+        if start in state:
+            continue
+        path = [start]
+        iterators = [iter(sources[start])]
+        state[start] = 1
+        while iterators:
+            following = next(iterators[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                iterators.pop()
+            elif state.get(following) == 1:
+                return path[path.index(following):] + [following]
+            elif following not in state and following in sources:
+                state[following] = 1
+                path.append(following)
+                iterators.append(iter(sources[following]))
+    return None
+
+
 def _types_compatible(produced: Any, expected: Any) -> bool:
     if not isinstance(produced, str) or not isinstance(expected, str):
         return True  # combo lists and other shapes: leave to ComfyUI

@@ -3,12 +3,14 @@
 Never holds a file in memory: the body is written as it arrives to `<dest>.part` and
 renamed when complete, so ComfyUI never sees half a file. Every hop (the first URL and
 each redirect) goes through comfy.media.url_safety, and the connection is made to the address
-that was checked (see `_pinned_request`), not to whatever DNS says a moment later.
+that was checked (see `_open`), not to whatever DNS says a moment later.
 
 Retried with exponential backoff: connection failures, timeouts, a connection cut
 mid-body, HTTP 5xx and 429. Not retried: other 4xx, refused URLs, oversize files.
 A `cancel` event (set when RunPod cancels the job) stops a download between chunks and
-during a backoff wait, so a cancelled job does not hold the worker for a whole file.
+during a backoff wait, so a cancelled job does not hold the worker for a whole file. The
+job's `deadline` bounds every wait too (connect, each read, backoff, name resolution):
+when it comes before DOWNLOAD_TOTAL_TIMEOUT_S, running out of time is the job's `timeout`.
 A retry after a connection cut mid-body continues where it stopped (`Range` + `If-Range`)
 when the server offered byte ranges and a validator (a strong ETag or Last-Modified) for
 an uncompressed body; otherwise, or if the file changed meanwhile, it starts over.
@@ -30,13 +32,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from comfy.errors import JobError
+from comfy.deadline import Deadline
+from comfy.errors import JobCancelled, JobError
 from comfy.media.settings import MediaSettings
-from comfy.media.url_safety import CheckedURL, IPAddress, check_url
+from comfy.media.url_safety import CheckedURL, check_url, pinned_request_parts
 
 log = logging.getLogger("comfy.media.downloads")
 
@@ -56,10 +59,8 @@ class InputTooLarge(DownloadFailed):
     error_type = "input_too_large"
 
 
-class DownloadCancelled(JobError):
+class DownloadCancelled(JobCancelled):
     """The job was cancelled while an input was being fetched."""
-
-    error_type = "cancelled"
 
 
 class _Transient(Exception):
@@ -111,12 +112,40 @@ HeadersForHost = Callable[[str], dict[str, str]]
 ProgressCallback = Callable[[int, int | None], None]  # (bytes written, total or None)
 
 
+@dataclass(frozen=True)
+class _TimeLimit:
+    """When a download must stop: DOWNLOAD_TOTAL_TIMEOUT_S or the job's deadline, whichever comes first."""
+
+    at: float
+    job: Deadline | None  # set when the job's deadline is the one that comes first
+    total_timeout_s: float
+
+    @classmethod
+    def for_download(cls, settings: MediaSettings, deadline: Deadline | None) -> "_TimeLimit":
+        own = time.monotonic() + settings.download_total_timeout_s
+        if deadline is not None and deadline.at <= own:
+            return cls(deadline.at, deadline, settings.download_total_timeout_s)
+        return cls(own, None, settings.download_total_timeout_s)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def exceeded(self, host: str) -> JobError:
+        if self.job is not None:
+            return self.job.exceeded(f"downloading input from host {host}")
+        return DownloadFailed(
+            f"download from host {host} took longer than DOWNLOAD_TOTAL_TIMEOUT_S ({self.total_timeout_s:g} s)",
+            details={"host": host},
+        )
+
+
 def download_to_file(
     url: str, dest: Path, settings: MediaSettings, client: httpx.Client | None = None,
     cancel: threading.Event | None = None, headers_for_host: HeadersForHost | None = None,
-    sha256: bool = False, on_progress: ProgressCallback | None = None,
+    sha256: bool = False, on_progress: ProgressCallback | None = None, deadline: Deadline | None = None,
 ) -> DownloadedFile:
-    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL, DownloadCancelled) saying what went wrong.
+    """Fetch `url` into `dest`; raise DownloadFailed (or UnsafeURL, DownloadCancelled, the
+    job's JobTimeout) saying what went wrong.
 
     headers_for_host(host) gives extra headers for each request (each redirect hop asks
     again); sha256=True fills DownloadedFile.sha256; on_progress is called as bytes arrive.
@@ -126,20 +155,24 @@ def download_to_file(
     own_client = client is None
     if client is None:
         client = new_download_client(settings)
-    deadline = time.monotonic() + settings.download_total_timeout_s
+    limit = _TimeLimit.for_download(settings, deadline)
     partial = _Partial(dest.with_name(f".{dest.name}.part"), digest=hashlib.sha256() if sha256 else None)
     try:
         attempts = settings.download_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                result = _fetch_once(client, url, dest, partial, settings, deadline, cancel, hooks)
+                result = _fetch_once(client, url, dest, partial, settings, limit, cancel, hooks)
                 digest = partial.digest.hexdigest() if partial.digest is not None else None
                 return DownloadedFile(result[0], result[1], result[2], result[3], attempt, digest)
             except _Transient as transient:
                 # A server that says when to come back (429/503 Retry-After) is waited for, unless
                 # that is past the download's deadline: then there is no point waiting at all.
                 wait = max(settings.retry_backoff_s * 2 ** (attempt - 1), transient.retry_after_s or 0.0)
-                if attempt == attempts or time.monotonic() + wait >= deadline:
+                if limit.job is not None and limit.remaining() <= 0:
+                    raise limit.exceeded(_host_of(url)) from None
+                if attempt == attempts or time.monotonic() + wait >= limit.at:
+                    if limit.job is not None and attempt < attempts:
+                        raise limit.exceeded(_host_of(url)) from None
                     error = transient.error
                     asked = (f"; it asked to retry after {transient.retry_after_s:g} s, past DOWNLOAD_TOTAL_TIMEOUT_S"
                              if transient.retry_after_s and attempt < attempts else "")
@@ -147,7 +180,7 @@ def download_to_file(
                     error.args = (error.message,)
                     raise error from None
                 log.warning("download %s: %s; retrying in %.1f s", _host_of(url), transient.error.message, wait)
-                if cancel.wait(min(wait, max(0.0, deadline - time.monotonic()))):
+                if cancel.wait(min(wait, limit.remaining())):
                     raise _cancelled(url)
         raise AssertionError("unreachable")
     finally:
@@ -164,13 +197,15 @@ class _Hooks:
 
 def new_download_client(settings: MediaSettings) -> httpx.Client:
     """An httpx client with the download timeouts; redirects are followed by hand."""
-    timeout = httpx.Timeout(
-        connect=settings.download_connect_timeout_s,
-        read=settings.download_read_timeout_s,
-        write=settings.download_read_timeout_s,
-        pool=settings.download_connect_timeout_s,
-    )
-    return httpx.Client(timeout=timeout, follow_redirects=False, headers={"User-Agent": "comfy-serverless-worker"})
+    return httpx.Client(timeout=_timeouts(settings, None), follow_redirects=False,
+                        headers={"User-Agent": "comfy-serverless-worker"})
+
+
+def _timeouts(settings: MediaSettings, limit: _TimeLimit | None) -> httpx.Timeout:
+    """The configured connect and read timeouts, cut short where the time limit comes first."""
+    left = float("inf") if limit is None else max(limit.remaining(), 0.001)
+    connect, read = min(settings.download_connect_timeout_s, left), min(settings.download_read_timeout_s, left)
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
 
 def _host_of(url: str) -> str:
@@ -186,14 +221,14 @@ def _cancelled(url: str) -> DownloadCancelled:
 
 
 def _fetch_once(
-    client: httpx.Client, url: str, dest: Path, partial: _Partial, settings: MediaSettings, deadline: float,
+    client: httpx.Client, url: str, dest: Path, partial: _Partial, settings: MediaSettings, limit: _TimeLimit,
     cancel: threading.Event, hooks: _Hooks,
 ) -> tuple[Path, int, str | None, str]:
     current = url
     for _hop in range(settings.download_max_redirects + 1):
-        checked = check_url(current, allow_private=settings.allow_private_urls)
+        checked = check_url(current, allow_private=settings.allow_private_urls, deadline=limit.job)
         extra = hooks.headers_for_host(checked.host) if hooks.headers_for_host else {}
-        response = _open(client, checked, {**extra, **partial.range_headers()})
+        response = _open(client, checked, {**extra, **partial.range_headers()}, settings, limit)
         try:
             status = response.status_code
             if status in _REDIRECTS:
@@ -213,7 +248,7 @@ def _fetch_once(
                     details={"host": checked.host, "status": status},
                 )
             append = _continues(response, checked, partial)
-            size = _stream_body(response, checked, dest, partial, append, settings, deadline, cancel, hooks)
+            size = _stream_body(response, checked, dest, partial, append, settings, limit, cancel, hooks)
             return dest, size, response.headers.get("content-type"), current
         finally:
             response.close()
@@ -243,11 +278,20 @@ def _continues(response: httpx.Response, checked: CheckedURL, partial: _Partial)
     return False
 
 
-def _open(client: httpx.Client, checked: CheckedURL, extra_headers: dict[str, str] | None = None) -> httpx.Response:
-    """Send the GET to each checked address in turn until one connects."""
+def _open(client: httpx.Client, checked: CheckedURL, extra_headers: dict[str, str] | None,
+          settings: MediaSettings, limit: _TimeLimit) -> httpx.Response:
+    """Send the GET to each checked address in turn until one connects.
+
+    The connection goes to the address that was checked (`pinned_request_parts`), with
+    `Host: <name>` and TLS verified for the name, not to whatever DNS says a moment later.
+    """
     last: Exception | None = None
     for address in checked.addresses:
-        request = _pinned_request(client, checked, address, extra_headers)
+        if limit.remaining() <= 0:
+            raise limit.exceeded(checked.host)
+        url, headers, extensions = pinned_request_parts(checked, address)
+        request = client.build_request("GET", url, headers={**headers, **(extra_headers or {})},
+                                       extensions=extensions, timeout=_timeouts(settings, limit))
         try:
             return client.send(request, stream=True)
         except httpx.ConnectError as exc:
@@ -256,27 +300,6 @@ def _open(client: httpx.Client, checked: CheckedURL, extra_headers: dict[str, st
             raise _Transient(_transport_failure(checked, exc)) from None
     assert last is not None
     raise _Transient(_transport_failure(checked, last))
-
-
-def _pinned_request(
-    client: httpx.Client, checked: CheckedURL, address: IPAddress, extra_headers: dict[str, str] | None = None
-) -> httpx.Request:
-    """A request to `address` that still says `Host: <name>` and verifies TLS for the name.
-
-    httpcore uses the `sni_hostname` extension both for SNI and for certificate host name
-    checking, so https stays verified against the name while the socket goes to the IP.
-    """
-    parts = urlsplit(checked.url)
-    ip_host = f"[{address}]" if address.version == 6 else str(address)
-    default_port = 443 if checked.scheme == "https" else 80
-    netloc = ip_host if checked.port == default_port else f"{ip_host}:{checked.port}"
-    pinned_url = urlunsplit((checked.scheme, netloc, parts.path or "/", parts.query, ""))
-    host_header = checked.host if checked.port == default_port else f"{checked.host}:{checked.port}"
-    if ":" in checked.host:  # an IPv6 literal keeps its brackets in Host
-        host_header = f"[{checked.host}]" if checked.port == default_port else f"[{checked.host}]:{checked.port}"
-    extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
-    headers = {"Host": host_header, **(extra_headers or {})}
-    return client.build_request("GET", pinned_url, headers=headers, extensions=extensions)
 
 
 def _transport_failure(checked: CheckedURL, exc: Exception) -> DownloadFailed:
@@ -300,7 +323,7 @@ def _too_large(checked: CheckedURL, size: int | str, limit: int) -> InputTooLarg
 
 def _stream_body(
     response: httpx.Response, checked: CheckedURL, dest: Path, partial: _Partial, append: bool,
-    settings: MediaSettings, deadline: float, cancel: threading.Event, hooks: _Hooks,
+    settings: MediaSettings, time_limit: _TimeLimit, cancel: threading.Event, hooks: _Hooks,
 ) -> int:
     limit = settings.max_input_bytes
     if append:
@@ -339,12 +362,8 @@ def _stream_body(
                     hooks.on_progress(written, total)
                 if cancel.is_set():
                     raise _cancelled(checked.url)
-                if time.monotonic() > deadline:
-                    raise DownloadFailed(
-                        f"download from host {checked.host} took longer than "
-                        f"DOWNLOAD_TOTAL_TIMEOUT_S ({settings.download_total_timeout_s:g} s)",
-                        details={"host": checked.host},
-                    )
+                if time_limit.remaining() <= 0:
+                    raise time_limit.exceeded(checked.host)
         except _TRANSIENT_ERRORS as exc:
             raise _Transient(_transport_failure(checked, exc)) from None
     os.replace(partial.path, dest)

@@ -40,6 +40,15 @@ def check_file_name(name: str) -> str:
     return name
 
 
+def base64_decoded_size(value: str) -> int:
+    """How many bytes plain base64 or a `data:...;base64,` URI decodes to, without decoding it."""
+    match = _DATA_URI.match(value)
+    payload = value[match.end():] if match else value
+    whitespace = sum(payload.count(c) for c in " \t\r\n")
+    padding = len(payload.rstrip(" \t\r\n")) - len(payload.rstrip(" \t\r\n=").rstrip("="))
+    return max(0, (len(payload) - whitespace) * 3 // 4 - padding)
+
+
 def decode_base64_payload(value: str) -> bytes:
     """Decode plain base64 or a `data:...;base64,` URI; raise ValueError saying what is wrong."""
     payload = value

@@ -3,9 +3,15 @@
 With ComfyUI's folder on this machine (COMFY_PATH, also in attach mode) files are written
 straight into its input/ folder; otherwise they go through POST /upload/image.
 
-`inputs` entries (URL, base64, data URI) get a name unique to the job
-(`in-<12 hex>-<index>-<name>`), so consecutive and concurrent jobs never overwrite each
-other's files, and that name is written into `workflow[node].inputs[field]`.
+Every file gets a name unique to the job, so no job ever overwrites (or, cleaning up,
+deletes) a file it did not write, and concurrent jobs never see each other's files:
+* `images` (worker-comfyui) become `in-<12 hex>-img<index>-<name's last segment>`, and
+  every workflow input whose value is the image's name (or ComfyUI's annotated form
+  `<name> [input]`) is rewritten to the new name;
+* `inputs` entries (URL, base64, data URI) become `in-<12 hex>-<index>-<name>`, written into
+  `workflow[node].inputs[field]`.
+A file is published under its name only if nothing has that name yet (a hard link, which
+fails on an existing name), so even a collision could not replace someone's file.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from comfy.deadline import Deadline
 from comfy.server.client import ComfyClient
 from comfy.media.downloads import DownloadCancelled, InputTooLarge, download_to_file
-from comfy.errors import InvalidJobInput
-from comfy.media.request import ImageInput, MediaInput, decode_base64_payload
+from comfy.errors import InputWriteFailed, InvalidJobInput
+from comfy.media.request import ImageInput, MediaInput, base64_decoded_size, decode_base64_payload
 from comfy.media.settings import MediaSettings
 from comfy.settings import WorkerSettings
 
@@ -36,6 +43,7 @@ log = logging.getLogger("comfy.media.staging")
 # Inputs fetched at once: a job with a video, an image and an audio file waits for the
 # slowest, not for all three in turn; a handful keeps the pressure on one origin polite.
 PARALLEL_INPUTS = 4
+ANNOTATION = " [input]"  # ComfyUI's LoadImage also takes "name [input]" (folder_paths.annotated_filepath)
 
 
 @dataclass
@@ -43,6 +51,7 @@ class StagedInputs:
     """Files written for one job, removed by cleanup()."""
 
     paths: list[Path] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # an image's name in the job -> its staged name
 
     def cleanup(self) -> None:
         for path in self.paths:
@@ -64,42 +73,118 @@ def resolve_inside(folder: Path, relative_name: str) -> Path:
     return target
 
 
+def _write_failed(what: str, folder: Path, exc: OSError) -> InputWriteFailed:
+    return InputWriteFailed(
+        f"could not write {what} into ComfyUI's input folder {folder}: {exc.strerror or exc}",
+        details={"input": what, "folder": str(folder), "errno": exc.errno},
+    )
+
+
+def _discard(path: Path) -> None:
+    """Remove a leftover partial file; a folder that refuses even that has already been reported."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def publish(source: Path, target: Path) -> None:
+    """Give the finished file `source` the name `target`, never replacing an existing file.
+
+    A hard link fails on an existing name; where the file system has no hard links the
+    name is checked first (the names are unique per job, so that leaves no real race).
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise InputWriteFailed(f"input file {target.name!r} already exists in {target.parent}; not replaced") from None
+    except OSError:
+        if target.exists() or target.is_symlink():
+            raise InputWriteFailed(f"input file {target.name!r} already exists in {target.parent}; not replaced") from None
+        os.replace(source, target)
+        return
+    source.unlink()
+
+
 def write_input_file(
-    name: str, data: bytes, settings: WorkerSettings, client: ComfyClient, staged: StagedInputs
-) -> None:
-    """Write one file for the workflow under `name` (relative to ComfyUI's input folder)."""
+    name: str, data: bytes, settings: WorkerSettings, client: ComfyClient, staged: StagedInputs, what: str = "",
+) -> str:
+    """Write one new file for the workflow under `name` (relative to ComfyUI's input folder);
+    return the name it got (a remote ComfyUI may rename it); `what` names it in errors."""
     input_dir = settings.comfy_folder("input")
     if input_dir is not None:
         target = resolve_inside(input_dir, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: ComfyUI never sees a half-written file.
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        # Written aside, then published: ComfyUI never sees half a file.
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            partial.write_bytes(data)
+            publish(partial, target)
+        except OSError as exc:
+            raise _write_failed(what or f"input file {name!r}", input_dir, exc) from None
+        finally:
+            _discard(partial)
         staged.paths.append(target)
-        return
+        return name
     subfolder, _, filename = name.rpartition("/")
     with tempfile.NamedTemporaryFile(suffix=f"-{filename}") as tmp:
         tmp.write(data)
         tmp.flush()
-        client.upload(Path(tmp.name), filename, subfolder=subfolder)
+        return _uploaded_name(client.upload(Path(tmp.name), filename, subfolder=subfolder), name)
+
+
+def _uploaded_name(answer: dict[str, Any], asked: str) -> str:
+    """The name ComfyUI stored an upload under (it renames rather than overwrite)."""
+    name, subfolder = answer.get("name"), answer.get("subfolder") or ""
+    if not isinstance(name, str) or not name:
+        return asked
+    return f"{subfolder}/{name}" if subfolder else name
+
+
+def rewrite_image_references(workflow: dict[str, Any], names: dict[str, str]) -> None:
+    """Point every input whose value is an image's job name at its staged name (in place;
+    changed nodes are replaced, so the caller's dicts stay as given)."""
+    if not names:
+        return
+    for node_id, node in list(workflow.items()):
+        inputs = node.get("inputs") or {}
+        changed = {}
+        for key, value in inputs.items():
+            if not isinstance(value, str):
+                continue
+            if value in names:
+                changed[key] = names[value]
+            elif value.endswith(ANNOTATION) and value[: -len(ANNOTATION)] in names:
+                changed[key] = names[value[: -len(ANNOTATION)]] + ANNOTATION
+        if changed:
+            workflow[node_id] = {**node, "inputs": {**inputs, **changed}}
 
 
 def stage_inputs(
     images: list[ImageInput], inputs: list[MediaInput], workflow: dict[str, Any], settings: WorkerSettings,
     client: ComfyClient, media: MediaSettings | None = None, cancel: threading.Event | None = None,
+    object_info: dict[str, Any] | None = None, deadline: Deadline | None = None,
 ) -> StagedInputs:
-    """Write the job's images (worker-comfyui `images`) under the names the workflow uses,
-    then fetch its `inputs` and point their nodes' fields at them (in `workflow`, whose
-    changed nodes are replaced, not edited); `cancel` stops downloads."""
+    """Write the job's images (worker-comfyui `images`) under unique names and point the
+    workflow at them, then fetch its `inputs` and point their nodes' fields at them (in
+    `workflow`, whose changed nodes are replaced, not edited); `cancel` stops downloads,
+    and `deadline` bounds them."""
     staged = StagedInputs()
+    job_tag = uuid.uuid4().hex[:12]
     try:
-        for image in images:
-            write_input_file(image.name, image.data, settings, client, staged)
+        for index, image in enumerate(images):
+            if deadline is not None and deadline.expired():
+                raise deadline.exceeded("writing input images")
+            staged_name = f"in-{job_tag}-img{index}-{image.name.rsplit('/', 1)[-1]}"
+            staged.names[image.name] = write_input_file(
+                staged_name, image.data, settings, client, staged, f"image {image.name!r}")
+        rewrite_image_references(workflow, staged.names)
+        unused = [name for name in staged.names if not _referenced(workflow, staged.names[name])]
+        if unused:
+            log.warning("images not referenced by any workflow input (by name or '<name> [input]'): %s", unused)
         if inputs:
             media = media or MediaSettings.from_env()
-            check_input_targets(inputs, workflow, client.object_info())
-            names = _stage_all(inputs, uuid.uuid4().hex[:12], settings, client, media, staged, cancel)
+            check_input_targets(inputs, workflow, object_info if object_info is not None else client.object_info())
+            names = _stage_all(inputs, job_tag, settings, client, media, staged, cancel, deadline)
             for item, name in zip(inputs, names):
                 node = workflow[item.node]  # replaced, not edited: the caller's dicts stay as given
                 workflow[item.node] = {**node, "inputs": {**(node.get("inputs") or {}), item.field: name}}
@@ -109,9 +194,16 @@ def stage_inputs(
     return staged
 
 
+def _referenced(workflow: dict[str, Any], staged_name: str) -> bool:
+    return any(
+        value in (staged_name, staged_name + ANNOTATION)
+        for node in workflow.values() for value in (node.get("inputs") or {}).values()
+    )
+
+
 def _stage_all(
     items: list[MediaInput], job_tag: str, settings: WorkerSettings, client: ComfyClient,
-    media: MediaSettings, staged: StagedInputs, cancel: threading.Event | None,
+    media: MediaSettings, staged: StagedInputs, cancel: threading.Event | None, deadline: Deadline | None,
 ) -> list[str]:
     """Stage every input, PARALLEL_INPUTS at a time; return their names in input order.
 
@@ -124,7 +216,7 @@ def _stage_all(
         if stop.is_set():  # another input failed, or the job was cancelled: do not start
             raise DownloadCancelled("not fetched: the job's inputs were stopped")
         try:
-            return stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged, stop)
+            return stage_media_input(item, f"in-{job_tag}-{index}-", settings, client, media, staged, stop, deadline)
         except BaseException:
             stop.set()  # before this thread can pick up the next input
             raise
@@ -200,23 +292,25 @@ def _data_uri_type(value: str) -> str | None:
 def stage_media_input(
     item: MediaInput, unique_prefix: str, settings: WorkerSettings, client: ComfyClient,
     media: MediaSettings, staged: StagedInputs, cancel: threading.Event | None = None,
+    deadline: Deadline | None = None,
 ) -> str:
     """Fetch or decode one input into ComfyUI's input folder; return the name it got."""
     input_dir = settings.comfy_folder("input")
     work_dir = Path(tempfile.mkdtemp(prefix="comfy-input-")) if input_dir is None else None
+    landing = input_dir if input_dir is not None else work_dir
+    assert landing is not None
     try:
-        landing = input_dir if input_dir is not None else work_dir
         if item.url:
-            temp_target = landing / f"{unique_prefix}download"
+            temp_target = landing / f".{unique_prefix}download"
             staged.paths.append(temp_target)  # removed if anything below fails
-            fetched = download_to_file(item.url, temp_target, media, cancel=cancel)
+            fetched = download_to_file(item.url, temp_target, media, cancel=cancel, deadline=deadline)
             name = unique_prefix + _base_name(item, fetched.content_type)
             final = landing / name
-            os.replace(fetched.path, final)
+            publish(fetched.path, final)
         else:
             payload = item.base64 if item.base64 is not None else item.data_uri
             assert payload is not None
-            if len(payload) * 3 // 4 > media.max_input_bytes + 3:  # refuse before decoding
+            if base64_decoded_size(payload) > media.max_input_bytes:  # refuse before decoding
                 raise InputTooLarge(
                     f"input for node {item.node} field {item.field!r} is larger than MAX_INPUT_BYTES "
                     f"({media.max_input_bytes} bytes)", details={"limit_bytes": media.max_input_bytes},
@@ -228,13 +322,17 @@ def stage_media_input(
             name = unique_prefix + _base_name(item, _data_uri_type(item.data_uri) if item.data_uri else None)
             final = landing / name
             partial = final.with_name(f".{name}.part")
-            partial.write_bytes(data)
-            os.replace(partial, final)
+            try:
+                partial.write_bytes(data)
+                publish(partial, final)
+            finally:
+                _discard(partial)
         if input_dir is not None:
             staged.paths.append(final)
-        else:
-            client.upload(final, name)
-        return name
+            return name
+        return _uploaded_name(client.upload(final, name), name)
+    except OSError as exc:  # a read-only or full input folder: the worker's fault, said so
+        raise _write_failed(f"the input for node {item.node} field {item.field!r}", landing, exc) from None
     finally:
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)

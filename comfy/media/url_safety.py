@@ -15,11 +15,13 @@ by the downloader.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+from comfy.deadline import Deadline
 from comfy.errors import JobError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -32,6 +34,9 @@ METADATA_ADDRESSES = frozenset({
     ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
 })
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Name look-ups that must end by a job's deadline run here; one stuck in a silent resolver
+# holds a thread until the resolver gives up, never the job.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
 
 
 class UnsafeURL(JobError):
@@ -82,10 +87,20 @@ def why_not_public(address: IPAddress) -> str | None:
     return None
 
 
-def resolve(host: str, port: int) -> tuple[IPAddress, ...]:
-    """Every address `host` resolves to (IPv4 and IPv6), in resolver order, deduplicated."""
+def resolve(host: str, port: int, deadline: Deadline | None = None) -> tuple[IPAddress, ...]:
+    """Every address `host` resolves to (IPv4 and IPv6), in resolver order, deduplicated.
+
+    With a `deadline`, a resolver that has not answered by then fails the job's time, not later.
+    """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if deadline is None:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        else:
+            lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            try:
+                infos = lookup.result(timeout=deadline.remaining())
+            except concurrent.futures.TimeoutError:
+                raise deadline.exceeded(f"resolving host {host}") from None
     except socket.gaierror as exc:
         raise UnsafeURL(f"cannot resolve host {host!r}: {exc.strerror or exc}", details={"host": host}) from None
     seen: dict[IPAddress, None] = {}
@@ -94,7 +109,7 @@ def resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(seen)
 
 
-def check_url(url: str, allow_private: bool = False) -> CheckedURL:
+def check_url(url: str, allow_private: bool = False, deadline: Deadline | None = None) -> CheckedURL:
     """Parse and vet a URL; raise UnsafeURL saying what is wrong with it."""
     try:
         parts = urlsplit(url)
@@ -118,7 +133,7 @@ def check_url(url: str, allow_private: bool = False) -> CheckedURL:
     try:
         addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
     except ValueError:
-        addresses = resolve(host, port)
+        addresses = resolve(host, port, deadline)
     if not addresses:
         raise UnsafeURL(f"host {host} resolved to no address", details={"host": host})
     if not allow_private:
@@ -131,3 +146,24 @@ def check_url(url: str, allow_private: bool = False) -> CheckedURL:
                     details={"host": host, "address": str(address), "reason": reason},
                 )
     return CheckedURL(url=url, scheme=scheme, host=host, port=port, addresses=addresses)
+
+
+def pinned_request_parts(
+    checked: CheckedURL, address: IPAddress, url: str | None = None
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(URL, headers, httpx extensions) of a request for `url` (default: the checked URL; the
+    same scheme, host and port) that connects to `address`, one of the checked addresses.
+
+    The URL names the IP, so nothing resolves the name again (no DNS rebinding between the
+    check and the connection); `Host` still names the host, and httpcore's `sni_hostname`
+    extension sends SNI and verifies the TLS certificate for the name, not the IP.
+    """
+    parts = urlsplit(url or checked.url)
+    ip_host = f"[{address}]" if address.version == 6 else str(address)
+    default_port = 443 if checked.scheme == "https" else 80
+    netloc = ip_host if checked.port == default_port else f"{ip_host}:{checked.port}"
+    pinned_url = urlunsplit((checked.scheme, netloc, parts.path or "/", parts.query, ""))
+    name = f"[{checked.host}]" if ":" in checked.host else checked.host  # an IPv6 literal keeps its brackets
+    host_header = name if checked.port == default_port else f"{name}:{checked.port}"
+    extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
+    return pinned_url, {"Host": host_header}, extensions

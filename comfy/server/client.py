@@ -1,33 +1,60 @@
 """ComfyUI's HTTP API, through one keep-alive httpx client.
 
+Every call waits at most REQUEST_TIMEOUT_S for an answer, and less when the running job's
+deadline (`bounded_by`) comes first. A call that gets no answer in its time raises
+ComfyUnresponsive (ComfyUI is hung), or the job's JobTimeout when it was the deadline that
+cut the wait short; the caller then checks ComfyUI with a short probe (PROBE_TIMEOUT_S).
+
 Request and response shapes: ../shared/notes/comfyui.md (ComfyUI 0.3.75).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
-from comfy.errors import ComfyUnavailable, PromptRejected
+from comfy.deadline import Deadline
+from comfy.errors import ComfyUnavailable, ComfyUnresponsive, PromptRejected
+
+REQUEST_TIMEOUT_S = 30.0  # the longest any call waits for ComfyUI (/object_info of a big install takes seconds)
+PROBE_TIMEOUT_S = 5.0  # a healthy ComfyUI answers /queue and /interrupt in milliseconds; silence this long: hung
+CONNECT_TIMEOUT_S = 5.0
 
 
 class ComfyClient:
     """A client for one ComfyUI server. Thread-safe (httpx.Client is)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, timeout_s: float = REQUEST_TIMEOUT_S,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
         self._http = httpx.Client(
             base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(max_keepalive_connections=4, keepalive_expiry=300),
             transport=transport,
         )
         self._object_info: dict[str, Any] | None = None
         self._object_info_lock = threading.Lock()
+        self._deadline: Deadline | None = None
+
+    @contextlib.contextmanager
+    def bounded_by(self, deadline: Deadline) -> Iterator[None]:
+        """While inside, every call (from any thread) waits no longer than `deadline` allows.
+
+        Jobs run one at a time per worker, so one deadline at a time is enough. Calls made
+        with `within_deadline=False` (stopping a prompt, clean-up) keep their own timeout.
+        """
+        self._deadline = deadline
+        try:
+            yield
+        finally:
+            self._deadline = None
 
     @property
     def ws_url(self) -> str:
@@ -36,11 +63,36 @@ class ComfyClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _timeout(self, what: str, timeout_s: float | None, within_deadline: bool) -> tuple[float, Deadline | None]:
+        """The wait for one call, and the deadline if that is what limits it."""
+        limit = self._timeout_s if timeout_s is None else timeout_s
+        deadline = self._deadline if within_deadline else None
+        if deadline is None:
+            return limit, None
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise deadline.exceeded(f"waiting for ComfyUI to answer {what}")
+        return (remaining, deadline) if remaining < limit else (limit, None)
+
+    def _request(self, method: str, path: str, *, timeout_s: float | None = None, within_deadline: bool = True,
+                 **kwargs: Any) -> httpx.Response:
+        what = f"{method} {path}"
+        limit, deadline = self._timeout(what, timeout_s, within_deadline)
         try:
-            return self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, timeout=httpx.Timeout(limit, connect=min(CONNECT_TIMEOUT_S, limit)),
+                                      **kwargs)
+        except httpx.TimeoutException as exc:
+            raise self._no_answer(what, limit, deadline) from exc
         except httpx.TransportError as exc:
-            raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc}") from exc
+            raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {what}: {exc}") from exc
+
+    def _no_answer(self, what: str, limit: float, deadline: Deadline | None) -> Exception:
+        if deadline is not None:
+            return deadline.exceeded(f"waiting for ComfyUI to answer {what}")
+        return ComfyUnresponsive(
+            f"ComfyUI at {self.base_url} stopped answering: no answer to {what} within {limit:g} s",
+            details={"request": what, "waited_s": limit},
+        )
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -52,8 +104,8 @@ class ComfyClient:
 
     # -- read ---------------------------------------------------------------------------
 
-    def system_stats(self) -> dict[str, Any]:
-        return self._json("GET", "/system_stats")
+    def system_stats(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._json("GET", "/system_stats", timeout_s=timeout_s)
 
     def object_info(self, refresh: bool = False) -> dict[str, Any]:
         """Every node class ComfyUI knows, cached for the life of the process."""
@@ -67,19 +119,22 @@ class ComfyClient:
         with self._object_info_lock:
             self._object_info = None
 
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
+    def history(self, prompt_id: str, timeout_s: float | None = None, within_deadline: bool = True) -> dict[str, Any] | None:
         """The history entry of a prompt, or None while it has none."""
-        entries = self._json("GET", f"/history/{prompt_id}")
-        return entries.get(prompt_id)
+        entries = self._json("GET", f"/history/{prompt_id}", timeout_s=timeout_s, within_deadline=within_deadline)
+        return entries.get(prompt_id) if isinstance(entries, dict) else None
 
-    def queue(self) -> dict[str, Any]:
-        return self._json("GET", "/queue")
+    def queue(self, timeout_s: float | None = None, within_deadline: bool = True) -> dict[str, Any]:
+        return self._json("GET", "/queue", timeout_s=timeout_s, within_deadline=within_deadline)
 
     def download(self, filename: str, subfolder: str, folder_type: str, dest: Path) -> int:
-        """Stream a file from /view to dest; returns its size."""
+        """Stream a file from /view to dest; returns its size. Bounded by the job's deadline."""
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
+        what = f"GET /view for {filename}"
+        limit, deadline = self._timeout(what, None, True)
         try:
-            with self._http.stream("GET", "/view", params=params) as response:
+            with self._http.stream("GET", "/view", params=params,
+                                   timeout=httpx.Timeout(limit, connect=min(CONNECT_TIMEOUT_S, limit))) as response:
                 if response.status_code != 200:
                     raise ComfyUnavailable(f"ComfyUI answered {response.status_code} to /view for {filename}")
                 size = 0
@@ -87,15 +142,26 @@ class ComfyClient:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
                         size += len(chunk)
+                        if self._deadline is not None and self._deadline.expired():
+                            raise self._deadline.exceeded(f"fetching output {filename!r} from ComfyUI")
                 return size
+        except httpx.TimeoutException as exc:
+            raise self._no_answer(what, limit, deadline) from exc
         except httpx.TransportError as exc:
             raise ComfyUnavailable(f"ComfyUI did not answer /view for {filename}: {exc}") from exc
 
     # -- write --------------------------------------------------------------------------
 
-    def queue_prompt(self, graph: dict[str, Any], client_id: str, extra_data: dict[str, Any] | None = None) -> str:
-        """POST /prompt; returns the prompt id. A 400 raises PromptRejected with node_errors."""
+    def queue_prompt(self, graph: dict[str, Any], client_id: str, extra_data: dict[str, Any] | None = None,
+                     prompt_id: str | None = None) -> str:
+        """POST /prompt; returns the prompt id. A 400 raises PromptRejected with node_errors.
+
+        `prompt_id` chooses the id (ComfyUI 0.3.75 takes it), so a prompt whose POST got no
+        answer can still be deleted or interrupted by id.
+        """
         body: dict[str, Any] = {"prompt": graph, "client_id": client_id}
+        if prompt_id:
+            body["prompt_id"] = prompt_id
         if extra_data:
             body["extra_data"] = extra_data
         response = self._request("POST", "/prompt", content=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -108,21 +174,28 @@ class ComfyClient:
         raise prompt_rejection(response.status_code, payload)
 
     def upload(self, path: Path, name: str, subfolder: str = "", folder_type: str = "input") -> dict[str, Any]:
-        """POST /upload/image (any file type) with overwrite; returns {name, subfolder, type}."""
+        """POST /upload/image (any file type); returns {name, subfolder, type}.
+
+        Never overwrites: on a name ComfyUI already has, it stores the file as `name (1).ext`
+        and says so in `name`.
+        """
         with open(path, "rb") as fh:
             files = {"image": (name, fh, "application/octet-stream")}
-            data = {"overwrite": "true", "subfolder": subfolder, "type": folder_type}
+            data = {"overwrite": "false", "subfolder": subfolder, "type": folder_type}
             return self._json("POST", "/upload/image", files=files, data=data)
 
-    def interrupt(self, prompt_id: str | None = None) -> None:
+    def interrupt(self, prompt_id: str | None = None, timeout_s: float | None = PROBE_TIMEOUT_S) -> None:
+        """Stop the running prompt (only if it is `prompt_id`); not bounded by the job's deadline."""
         body = {"prompt_id": prompt_id} if prompt_id else {}
-        self._request("POST", "/interrupt", json=body)
+        self._request("POST", "/interrupt", json=body, timeout_s=timeout_s, within_deadline=False)
 
-    def delete_from_queue(self, prompt_ids: list[str]) -> None:
-        self._request("POST", "/queue", json={"delete": prompt_ids})
+    def delete_from_queue(self, prompt_ids: list[str], timeout_s: float | None = PROBE_TIMEOUT_S) -> None:
+        """Drop prompts that have not started; not bounded by the job's deadline."""
+        self._request("POST", "/queue", json={"delete": prompt_ids}, timeout_s=timeout_s, within_deadline=False)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
-        self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
+        self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory},
+                      timeout_s=PROBE_TIMEOUT_S, within_deadline=False)
 
 
 def prompt_rejection(status: int, payload: dict[str, Any]) -> PromptRejected:

@@ -1,8 +1,8 @@
 """Follow one queued prompt to its end: websocket first, /history as the source of truth.
 
 Ends with the prompt's history entry on success, or raises: ExecutionFailed (a node
-raised), ExecutionInterrupted, ComfyUnavailable (ComfyUI died), DeadlineExceeded or
-Cancelled (the caller interrupts ComfyUI for those two).
+raised), ExecutionInterrupted, ComfyUnavailable (ComfyUI died), ComfyUnresponsive (it
+stopped answering), JobTimeout or JobCancelled (the caller stops the prompt for the last three).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from comfy.deadline import Deadline
 from comfy.server.client import ComfyClient
-from comfy.errors import ComfyUnavailable, ExecutionFailed, ExecutionInterrupted
+from comfy.errors import ComfyUnavailable, ComfyUnresponsive, ExecutionFailed, ExecutionInterrupted, JobCancelled
 from comfy.server.events import ComfyEvents, EventStreamClosed
 from comfy.server.progress import ProgressReporter
 
@@ -25,14 +26,6 @@ HISTORY_CHECK_S = 2.0  # while the websocket is up: a cheap safety net for a mis
 HISTORY_POLL_S = 0.2  # while the websocket is down
 RECONNECT_EVERY_S = 1.0
 TRACEBACK_TAIL_LINES = 8
-
-
-class DeadlineExceeded(Exception):
-    """The prompt ran past the job's deadline."""
-
-
-class Cancelled(Exception):
-    """The job was cancelled (RunPod cancellation reached the handler)."""
 
 
 @dataclass
@@ -112,42 +105,45 @@ class PromptMonitor:
         self.events = events
         self.comfy_alive = comfy_alive
         self.describe_death = describe_death
+        self.current_node: str | None = None  # the node the last `executing` event named
 
     def wait(
         self,
         prompt_id: str,
-        deadline: float,
+        deadline: Deadline,
         cancel: threading.Event,
         progress: ProgressReporter | None = None,
     ) -> PromptResult:
+        """Follow the prompt to its end; the deadline also bounds every /history check."""
         next_history_check = time.monotonic() + HISTORY_CHECK_S
         last_reconnect = 0.0
         finished = False
+        self.current_node = None
         while True:
             now = time.monotonic()
             if cancel.is_set():
-                raise Cancelled()
+                raise JobCancelled("the job was cancelled", details={"prompt_id": prompt_id})
             if not self.comfy_alive():
                 raise ComfyUnavailable(self.describe_death())
-            if now >= deadline:
-                raise DeadlineExceeded()
+            if deadline.expired():
+                raise deadline.exceeded("running the workflow")
 
             message = None
             if self.events.connected:
                 try:
-                    message = self.events.recv(min(RECV_SLICE_S, max(deadline - now, 0.001)))
+                    message = self.events.recv(min(RECV_SLICE_S, max(deadline.remaining(), 0.001)))
                 except EventStreamClosed as exc:
                     log.warning("prompt %s: %s; following /history until it reconnects", prompt_id, exc)
                     next_history_check = now
             elif now - last_reconnect >= RECONNECT_EVERY_S:
                 last_reconnect = now
-                if self.events.connect():
+                if self.events.connect(timeout_s=max(deadline.bound(5.0), 0.001)):
                     log.info("prompt %s: websocket reconnected", prompt_id)
                     next_history_check = now  # events sent while it was down are lost
                 else:
-                    time.sleep(min(HISTORY_POLL_S, max(deadline - now, 0)))
+                    time.sleep(deadline.bound(HISTORY_POLL_S))
             else:
-                time.sleep(min(HISTORY_POLL_S, max(deadline - now, 0)))
+                time.sleep(deadline.bound(HISTORY_POLL_S))
 
             if message is not None:
                 finished = self._handle(message, prompt_id, progress)
@@ -167,9 +163,15 @@ class PromptMonitor:
     def _check_history(self, prompt_id: str) -> PromptResult | None:
         try:
             history = self.client.history(prompt_id)
+        except ComfyUnresponsive:
+            raise
         except ComfyUnavailable:
-            if not self.comfy_alive():
-                raise ComfyUnavailable(self.describe_death()) from None
+            # A killed ComfyUI's sockets close a moment before it can be reaped: give it that moment,
+            # so the error says how it died.
+            for _ in range(20):
+                if not self.comfy_alive():
+                    raise ComfyUnavailable(self.describe_death()) from None
+                time.sleep(0.1)
             raise
         return _outcome_from_history(history) if history else None
 
@@ -193,6 +195,7 @@ class PromptMonitor:
         if kind == "executing":
             if data.get("node") is None:
                 return True  # older ComfyUI: the end of the prompt
+            self.current_node = str(data["node"])
             if progress is not None:
                 progress.update(str(data["node"]), 0, 1)
         elif kind == "executed" and progress is not None:

@@ -201,6 +201,27 @@ class ComfyProcess:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def ready(self) -> bool:
+        """Running and known to have answered since it was started."""
+        return self._ready.is_set() and self.is_alive()
+
+    def kill(self) -> None:
+        """SIGKILL ComfyUI's process group at once: the only signal a stopped or hung one obeys."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                return
+            log.warning("killing ComfyUI (pid %s)", proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # in uninterruptible sleep (a driver call): it goes when that returns
+                log.error("ComfyUI (pid %s) has not exited 10 s after SIGKILL", proc.pid)
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
-from comfy.server.client import ComfyClient
-from comfy.errors import ComfyUnavailable
+from comfy.deadline import Deadline
+from comfy.server.client import PROBE_TIMEOUT_S, ComfyClient
+from comfy.errors import ComfyUnavailable, ComfyUnresponsive
 from comfy.nodes.provision import CustomNodeSet
 from comfy.server.events import ComfyEvents
 from comfy.server.monitor import PromptMonitor
@@ -48,22 +50,42 @@ class WorkerRuntime:
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         return f"ComfyUI {how} while running the job. Last lines of its log:\n{self.process.log_tail(10)}"
 
-    def ensure_ready(self) -> None:
-        """Make sure ComfyUI is up (restarting a crashed one) and the websocket is open."""
+    def ensure_ready(self, deadline: Deadline | None = None) -> float:
+        """Make sure ComfyUI is up and answering, and the websocket open; return the seconds
+        spent waiting for ComfyUI to boot (a cold start, which the job's deadline leaves out).
+
+        An owned ComfyUI that died is restarted; one that is running but does not answer a
+        probe within PROBE_TIMEOUT_S (hung, deadlocked, SIGSTOPped) is killed and restarted.
+        In attach mode a silent ComfyUI fails the job with ComfyUnresponsive.
+        """
+        booted_s = 0.0
         if self.process is not None:
-            restarting = self.process.pid is not None and not self.process.is_alive()
+            started = time.monotonic()
+            if self.process.ready:
+                try:
+                    self.client.queue(timeout_s=PROBE_TIMEOUT_S, within_deadline=False)
+                except ComfyUnresponsive as exc:
+                    self.restart_comfy(f"it did not answer before the job ({exc.message})")
+                except ComfyUnavailable:
+                    pass  # not listening any more: it is dying, and is restarted below
+            booting = not self.process.ready
+            if self.process.pid is not None and not self.process.is_alive():
+                self.client.forget_object_info()
+                self.events.close()
             try:
                 self.process.ensure_running()
             except ComfyStartError as exc:
                 raise ComfyUnavailable(str(exc)) from exc
-            if restarting:
-                self.client.forget_object_info()
-                self.events.close()
+            if booting:
+                booted_s = time.monotonic() - started
         else:
-            self.client.system_stats()  # raises ComfyUnavailable with the reason
-        if not self.events.connected and not self.events.connect():
+            self.client.system_stats(timeout_s=PROBE_TIMEOUT_S)  # raises ComfyUnavailable with the reason
+        if not self.events.connected and not self.events.connect(
+            timeout_s=5.0 if deadline is None else max(deadline.bound(5.0), 0.001)
+        ):
             log.warning("websocket to ComfyUI could not be opened; following /history instead")
         self._report_custom_node_imports()
+        return booted_s
 
     def _report_custom_node_imports(self) -> None:
         """Name each CUSTOM_NODES node ComfyUI could not import, once per ComfyUI process.
@@ -83,6 +105,19 @@ class WorkerRuntime:
             return None
         errors = dict(self.process.custom_node_import_errors) if self.process is not None else {}
         return self.custom_nodes.explain(class_type, errors)
+
+    def restart_comfy(self, reason: str) -> None:
+        """Kill the owned ComfyUI and start a new one (it boots while the job's result goes back)."""
+        if self.process is None:
+            return
+        log.error("restarting ComfyUI: %s", reason)
+        self.process.kill()
+        self.client.forget_object_info()
+        self.events.close()
+        try:
+            self.process.start()
+        except ComfyStartError as exc:  # the next job retries, and reports it
+            log.error("%s", exc)
 
     def shutdown(self) -> None:
         self.events.close()

@@ -167,7 +167,64 @@ class TestDescribeWeights:
         return {"ui": {"text": [f"{name}:{list(t.shape)}:{float(t.sum()):.4f}" for name, t in sorted(weights.items())]}}
 
 
+class TestIgnoreInterrupt:
+    """Passes an image through after sleeping without ever checking for interrupts, like a
+    node stuck in a long native call."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, image, seconds):
+        time.sleep(seconds)
+        return (image,)
+
+
+class TestReportFile:
+    """Reports whatever file entry it is given as its output, as a buggy or hostile node could."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"filename": ("STRING", {"default": "x.png"}), "subfolder": ("STRING", {"default": ""}),
+                             "folder_type": ("STRING", {"default": "output"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, filename, subfolder, folder_type):
+        return {"ui": {"images": [{"filename": filename, "subfolder": subfolder, "type": folder_type}]}}
+
+
+class TestRegisterClass:
+    """Adds a node class (a copy of TestTextOutput) to the running ComfyUI, as a restart with
+    a new custom node would: /object_info lists it from then on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": "TestLateNode"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, name):
+        import nodes
+
+        nodes.NODE_CLASS_MAPPINGS[name] = type(name, (TestTextOutput,), {})
+        return {"ui": {"text": [name]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestIgnoreInterrupt": TestIgnoreInterrupt,
+    "TestReportFile": TestReportFile,
+    "TestRegisterClass": TestRegisterClass,
     "TestRaise": TestRaise,
     "TestSleep": TestSleep,
     "TestProgress": TestProgress,

@@ -10,6 +10,7 @@ from typing import Callable, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
+from comfy.deadline import Deadline
 from comfy.errors import JobError
 
 log = logging.getLogger("comfy.delivery.storage")
@@ -57,13 +58,19 @@ def sha256_of_file(path: Path) -> str:
 
 
 def with_retries(action: Callable[[], T], describe: str, retries: int, backoff_s: float,
-                 is_retryable: Callable[[Exception], bool] = lambda exc: True) -> T:
-    """Run `action`, retrying with exponential backoff; raise UploadFailed after the last try."""
+                 is_retryable: Callable[[Exception], bool] = lambda exc: True, deadline: Deadline | None = None) -> T:
+    """Run `action`, retrying with exponential backoff; raise UploadFailed after the last try.
+
+    With the job's `deadline`: no attempt starts, and no backoff waits, past it (the job's
+    JobTimeout is raised instead).
+    """
     attempts = retries + 1
     for attempt in range(1, attempts + 1):
+        if deadline is not None and deadline.expired():
+            raise deadline.exceeded(describe)
         try:
             return action()
-        except UploadFailed:
+        except JobError:  # UploadFailed, or the job's own timeout: final
             raise
         except Exception as exc:  # noqa: BLE001 - every client library raises its own types
             reason = f"{type(exc).__name__}: {exc}"
@@ -73,6 +80,8 @@ def with_retries(action: Callable[[], T], describe: str, retries: int, backoff_s
                     details={"reason": reason, "attempts": attempt},
                 ) from exc
             wait = backoff_s * 2 ** (attempt - 1)
+            if deadline is not None and deadline.remaining() <= wait:
+                raise deadline.exceeded(f"{describe} (last attempt: {reason})") from exc
             log.warning("%s: %s; retrying in %.1f s", describe, reason, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 from supabase import Client, create_client
 
+from comfy.deadline import Deadline
 from comfy.delivery.storage.base import StoredFile, UploadFailed, log, sha256_of_file, with_retries
 from comfy.delivery.storage.s3 import S3Target, S3Uploader
 from comfy.delivery.storage.tus import TUS_CHUNK_BYTES, TusUpload
@@ -41,6 +42,7 @@ class SupabaseUploader:
         backoff_s: float,
         s3_uploader: S3Uploader | None = None,
         tus_timeout: httpx.Timeout = TUS_TIMEOUT,
+        deadline: Deadline | None = None,
     ) -> None:
         self.supabase_url = supabase_url.rstrip("/")
         self.bucket = bucket
@@ -49,6 +51,7 @@ class SupabaseUploader:
         self.retries = retries
         self.backoff_s = backoff_s
         self.s3 = s3_uploader
+        self.deadline = deadline  # the job's: no attempt or backoff past it
         self.client: Client = create_client(self.supabase_url, service_role_key)
         self._service_key = service_role_key
         self._tus_timeout = tus_timeout
@@ -59,14 +62,14 @@ class SupabaseUploader:
     @classmethod
     def s3_route(cls, supabase_url: str, endpoint_url: str | None, access_key_id: str, secret_access_key: str,
                  region: str, bucket: str, chunk_bytes: int, concurrency: int, retries: int,
-                 backoff_s: float) -> S3Uploader:
+                 backoff_s: float, deadline: Deadline | None = None) -> S3Uploader:
         """The S3 uploader for Storage's S3 endpoint (default <SUPABASE_URL>/storage/v1/s3)."""
         target = S3Target(
             bucket=bucket, endpoint_url=endpoint_url or f"{supabase_url.rstrip('/')}/storage/v1/s3",
             access_key_id=access_key_id, secret_access_key=secret_access_key, region=region, path_style=True,
         )
         return S3Uploader(target, url_expiry_s=3600, chunk_bytes=chunk_bytes, concurrency=concurrency,
-                          retries=retries, backoff_s=backoff_s)
+                          retries=retries, backoff_s=backoff_s, deadline=deadline)
 
     def upload(self, path: Path, key: str, content_type: str) -> StoredFile:
         """Upload `path` to `key`; raise UploadFailed naming the file and the bucket."""
@@ -85,9 +88,9 @@ class SupabaseUploader:
                     )
 
             with_retries(send, f"uploading output {path.name!r} to {self.destination} as {key!r}",
-                         self.retries, self.backoff_s, _retryable)
+                         self.retries, self.backoff_s, _retryable, self.deadline)
         url = with_retries(lambda: self.url_for(key), f"signing the URL of {key!r} in {self.destination}",
-                           self.retries, self.backoff_s, _retryable)
+                           self.retries, self.backoff_s, _retryable, self.deadline)
         return StoredFile(url=url, storage_path=key, bucket=self.bucket, size_bytes=size, sha256=digest,
                           content_type=content_type)
 
@@ -96,7 +99,7 @@ class SupabaseUploader:
         upload = TusUpload(self._tus(), f"{self.supabase_url}/storage/v1/upload/resumable",
                            {"apikey": self._service_key, "Authorization": f"Bearer {self._service_key}"},
                            path, self.bucket, key, content_type, upsert=True, retries=self.retries,
-                           backoff_s=self.backoff_s)
+                           backoff_s=self.backoff_s, deadline=self.deadline)
         try:
             return upload.run()
         except UploadFailed as exc:

@@ -28,6 +28,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from comfy.deadline import Deadline
 from comfy.delivery.storage.base import UploadFailed
 
 log = logging.getLogger("comfy.delivery.storage.tus")
@@ -59,7 +60,8 @@ class TusUpload:
 
     def __init__(self, client: httpx.Client, endpoint: str, headers: dict[str, str], path: Path, bucket: str,
                  object_name: str, content_type: str, upsert: bool = True, chunk_bytes: int = TUS_CHUNK_BYTES,
-                 retries: int = 3, backoff_s: float = 1.0, cache_control_s: int = 3600) -> None:
+                 retries: int = 3, backoff_s: float = 1.0, cache_control_s: int = 3600,
+                 deadline: Deadline | None = None) -> None:
         self.client = client
         self.endpoint = endpoint
         self.headers = {**headers, "Tus-Resumable": TUS_VERSION}
@@ -71,6 +73,7 @@ class TusUpload:
         self.chunk_bytes = chunk_bytes
         self.retries = retries
         self.backoff_s = backoff_s
+        self.deadline = deadline  # the job's: no request or backoff past it
         self.url: str | None = None
         self.resumes = 0  # how many times a chunk was resumed from the server's offset
 
@@ -107,7 +110,7 @@ class TusUpload:
                     ) from exc
                 wait = self.backoff_s * 2 ** (failures - 1)
                 log.warning("resumable upload of %s: %s at byte %d; resuming in %.1f s", self.path.name, exc, offset, wait)
-                time.sleep(wait)
+                self._sleep(wait, f"resuming the upload of {self.path.name!r} at byte {offset}")
                 offset = self._retrying("asking the server's offset", self._head)
                 self.resumes += 1
                 if offset < hashed_to:  # the server kept less than was hashed: hash again from there
@@ -127,7 +130,7 @@ class TusUpload:
     def _create(self) -> str:
         headers = {**self.headers, "Upload-Length": str(self.size), "Upload-Metadata": _metadata(self.metadata),
                    "x-upsert": "true" if self.upsert else "false"}
-        response = self.client.post(self.endpoint, headers=headers)
+        response = self.client.post(self.endpoint, headers=headers, **self._bounded("creating the upload"))
         if response.status_code != 201 or not response.headers.get("Location"):
             raise TusError(f"creating the upload: {_error_text(response)}", response.status_code)
         return self._same_origin(urljoin(self.endpoint, response.headers["Location"]))
@@ -135,17 +138,33 @@ class TusUpload:
     def _patch(self, offset: int, chunk: bytes) -> int:
         assert self.url is not None
         headers = {**self.headers, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
-        response = self.client.patch(self.url, headers=headers, content=chunk)
+        response = self.client.patch(self.url, headers=headers, content=chunk, **self._bounded(f"sending the chunk at {offset}"))
         if response.status_code not in (200, 204):
             raise TusError(f"chunk at {offset}: {_error_text(response)}", response.status_code)
         return self._offset_of(response)
 
     def _head(self) -> int:
         assert self.url is not None
-        response = self.client.head(self.url, headers=self.headers)
+        response = self.client.head(self.url, headers=self.headers, **self._bounded("asking the server's offset"))
         if response.status_code != 200:
             raise TusError(f"offset of the upload: HTTP {response.status_code}", response.status_code)
         return self._offset_of(response)
+
+    def _bounded(self, doing: str) -> dict:
+        """Request options: with the job's deadline, no request may wait past it."""
+        if self.deadline is None:
+            return {}
+        if self.deadline.expired():
+            raise self.deadline.exceeded(f"uploading {self.path.name!r} ({doing})")
+        timeout = self.client.timeout
+        bound = self.deadline.bound
+        return {"timeout": httpx.Timeout(connect=bound(timeout.connect or 10.0), read=bound(timeout.read or 60.0),
+                                         write=bound(timeout.write or 60.0), pool=bound(timeout.pool or 10.0))}
+
+    def _sleep(self, seconds: float, doing: str) -> None:
+        if self.deadline is not None and self.deadline.remaining() <= seconds:
+            raise self.deadline.exceeded(f"uploading {self.path.name!r} ({doing})")
+        time.sleep(seconds)
 
     def _offset_of(self, response: httpx.Response) -> int:
         try:
@@ -180,4 +199,4 @@ class TusUpload:
                     ) from exc
                 wait = self.backoff_s * 2 ** (failures - 1)
                 log.warning("resumable upload of %s: %s failed (%s); retrying in %.1f s", self.path.name, what, exc, wait)
-                time.sleep(wait)
+                self._sleep(wait, f"{what} for {self.path.name!r}")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+
+from comfy.job.run import run_job
+from comfy.server.runtime import WorkerRuntime
 from tests.conftest import empty_image_graph, run_handler, unique_color
 
 
@@ -72,3 +77,29 @@ def test_comfyui_400_comes_back_with_its_node_errors(worker):
 def test_the_worker_runs_normally_after_refusals(worker):
     result = run_handler(worker, {"workflow": empty_image_graph(color=unique_color())})
     assert "error" not in result, result
+
+
+def test_an_attached_comfyui_that_gained_a_node_class_is_asked_again_before_refusing_it(worker):
+    settings = dataclasses.replace(worker.SETTINGS, comfy_url=worker.SETTINGS.base_url)
+    runtime = WorkerRuntime(settings)
+    late = f"TestLateNode{uuid.uuid4().hex[:8]}"
+    try:
+        assert late not in runtime.client.object_info()  # cached now, without it
+        # ComfyUI gains the class (as after a restart with a new custom node); the worker's cache does not.
+        added = run_job(runtime, {"workflow": {"1": {"class_type": "TestRegisterClass", "inputs": {"name": late}}}}, "add")
+        assert "error" not in added, added
+        assert late not in runtime.client.object_info()
+
+        result = run_job(runtime, {"workflow": {"1": {"class_type": late, "inputs": {"text": "late"}}}}, "use")
+    finally:
+        runtime.shutdown()
+
+    assert "error" not in result, result
+    assert [o["text"] for o in result["outputs"]] == ["late", "LATE"]
+
+
+def test_a_class_that_is_still_unknown_after_asking_again_is_refused(worker):
+    result = run_handler(worker, {"workflow": {"1": {"class_type": "NeverInstalled", "inputs": {}}}})
+
+    assert result["error_type"] == "invalid_workflow"
+    assert "unknown node class 'NeverInstalled'" in result["error"]

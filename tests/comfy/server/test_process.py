@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,8 +14,21 @@ from pathlib import Path
 import pytest
 
 from comfy.server.process import ComfyProcess, ComfyStartError
+from comfy.server.runtime import WorkerRuntime
 from comfy.settings import SettingsError, WorkerSettings
 from tests.comfy_env import ROOT, comfy_cache, free_port, worker_env
+
+
+# A stand-in main.py that answers every GET with 200 `{}` (as ComfyUI's /system_stats and /queue do).
+SERVING_MAIN_PY = (
+    "import sys, http.server\n"
+    "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()\n"
+)
 
 
 def test_a_comfyui_that_exits_during_start_up_fails_at_once_with_its_log(tmp_path):
@@ -38,16 +52,7 @@ def test_a_missing_comfyui_folder_is_named(tmp_path):
 
 def test_a_chatty_comfyui_never_stalls_on_a_full_pipe(tmp_path):
     # 4 MB of log before it starts serving: far more than a pipe buffer holds.
-    (tmp_path / "main.py").write_text(
-        "import sys, http.server\n"
-        "for i in range(40000): print('x' * 100)\n"
-        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
-        "class H(http.server.BaseHTTPRequestHandler):\n"
-        "    def do_GET(self):\n"
-        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
-        "    def log_message(self, *a): pass\n"
-        "http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()\n"
-    )
+    (tmp_path / "main.py").write_text("for i in range(40000): print('x' * 100)\n" + SERVING_MAIN_PY)
     settings = WorkerSettings(comfy_path=tmp_path, comfy_port=free_port(), comfy_python=sys.executable)
     process = ComfyProcess(settings)
     process.start()
@@ -57,6 +62,33 @@ def test_a_chatty_comfyui_never_stalls_on_a_full_pipe(tmp_path):
     finally:
         process.stop()
     assert not process.is_alive()
+
+
+def test_a_comfyui_frozen_between_jobs_is_killed_and_restarted_before_the_next_job(tmp_path):
+    # A stand-in main.py that answers like ComfyUI's /system_stats and /queue: this is about
+    # the process, and a real ComfyUI's 10 s boot would only slow it down (a real one frozen
+    # mid-job: tests/comfy/job/test_hung_comfyui.py).
+    (tmp_path / "main.py").write_text(SERVING_MAIN_PY)
+    settings = WorkerSettings(comfy_path=tmp_path, comfy_port=free_port(), comfy_python=sys.executable)
+    process = ComfyProcess(settings)
+    process.start()
+    runtime = WorkerRuntime(settings, process)
+    try:
+        assert runtime.ensure_ready() > 0  # the first boot: time the job's deadline leaves out
+        frozen_pid = process.pid
+        assert runtime.ensure_ready() == 0  # answering: nothing to wait for
+        os.kill(frozen_pid, signal.SIGSTOP)
+        started = time.monotonic()
+
+        booted_s = runtime.ensure_ready()
+
+        assert process.pid != frozen_pid and process.is_alive() and process.restarts == 1
+        assert 4.5 < booted_s < 30  # the 5 s probe and the new boot, all outside the job's deadline
+        assert time.monotonic() - started < 30
+        with pytest.raises(ProcessLookupError):
+            os.kill(frozen_pid, 0)  # killed (SIGKILL works on a stopped process) and reaped
+    finally:
+        runtime.shutdown()
 
 
 def test_bad_settings_name_the_variable():
@@ -78,7 +110,7 @@ def test_python_handler_py_runs_test_input_json_and_exits_0(worker, tmp_path):
     written = sorted(p.name for p in (tmp_path / "out" / "local_test" / "test_input").iterdir())
     assert re.fullmatch(r"inverted_\d+_\.png", written[0]) and re.fullmatch(r"video_\d+_\.mp4", written[1])
     output_dir = Path(worker.SETTINGS.comfy_path) / "output" / "test_input"
-    assert not any(p.is_file() for p in output_dir.iterdir())
+    assert not output_dir.exists()  # the folder its filename_prefix made went too
 
 
 def test_python_handler_py_exits_1_on_a_failing_job(worker):

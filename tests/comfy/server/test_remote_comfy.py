@@ -30,8 +30,9 @@ def test_inputs_are_uploaded_and_outputs_fetched_over_http_when_the_folder_is_un
         runtime.shutdown()
 
     assert "error" not in result, result
-    uploaded = worker.SETTINGS.comfy_path / "input" / "remote" / "in.png"
-    assert uploaded.read_bytes() == source  # it went through POST /upload/image
+    # It went through POST /upload/image, under the job's own name for it.
+    [uploaded] = (worker.SETTINGS.comfy_path / "input").glob("in-*-img0-in.png")
+    assert uploaded.read_bytes() == source
     [out] = result["outputs"]
     on_disk = worker.SETTINGS.comfy_path / "output" / "remote" / out["filename"]
     assert file_bytes(result, out) == on_disk.read_bytes()  # fetched through /view
