@@ -105,3 +105,31 @@ def test_an_upload_url_on_another_host_is_refused(storage_api, big_file):
                        {"Authorization": "Bearer k"}, big_file, "outputs", "x.mp4", "video/mp4", backoff_s=0)
     with pytest.raises(UploadFailed, match="another host"):
         upload.run()
+
+
+def test_a_stalled_server_ends_the_upload_at_the_jobs_deadline(storage_api, big_file, monkeypatch):
+    """With the job's deadline, a PATCH that never answers ends as `timeout` near the deadline,
+    although the client's own read timeout (60 s) and retries would have waited much longer."""
+    import threading
+    import time
+
+    from comfy.deadline import Deadline
+    from comfy.errors import JobTimeout
+
+    release = threading.Event()
+
+    def silent_patch(handler):
+        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        release.wait(30)  # says nothing until the test ends
+        handler.close_connection = True
+
+    monkeypatch.setattr(storage_api.server.RequestHandlerClass, "do_PATCH", silent_patch)
+    started = time.monotonic()
+    try:
+        with pytest.raises(JobTimeout) as caught:
+            uploader(storage_api, deadline=Deadline(1.5)).upload(big_file, "job/e.mp4", "video/mp4")
+    finally:
+        release.set()
+    assert time.monotonic() - started < 10
+    assert caught.value.error_type == "timeout" and "clip.mp4" in caught.value.message
+    assert ("outputs", "job/e.mp4") not in storage_api.state.objects
