@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from supabase_sync.migrations import MIGRATIONS_DIR, OPTIONAL_TRIGGER  # noqa: E402
+from supabase_sync.migrations import migration  # noqa: E402
 from tests.comfy_env import free_port  # noqa: E402
 from tests.supabase_sync.harness import DispatcherProcess, dispatcher_env, wait_for_sync  # noqa: E402
 from tests.doubles.pg_net import PgNetBridge  # noqa: E402
@@ -79,7 +79,7 @@ def _latency(cluster, logs: Path, name: str, tasks: int, trigger: bool, poll_int
     port = free_port()
     if trigger:
         db.conn.execute(PG_NET_STUB_SQL)
-        done = cluster.psql_file(MIGRATIONS_DIR / OPTIONAL_TRIGGER, dbname=name)
+        done = cluster.psql_file(migration("0003").path, dbname=name)
         assert done.returncode == 0, done.stderr
         db.conn.execute("insert into dispatcher_wakeup (url, secret) values (%s, 'bench-trigger')",
                         (f"http://127.0.0.1:{port}/hooks/supabase",))

@@ -136,12 +136,29 @@ class Settings(BaseModel):
     webhook_secret: str | None = Field(default=None, repr=False)
     trigger_secret: str | None = Field(default=None, repr=False)
     template_dirs: list[Path] = Field(default_factory=list, description="template folders, first wins (then the table)")
+    database_url: str | None = Field(default=None, repr=False,
+                                     description="direct or session-pooler connection: LISTEN wake-up, migrate")
+    migrate_on_start: bool = Field(default=False, description="apply pending migrations before dispatching")
 
     @model_validator(mode="after")
-    def _webhooks_need_a_secret(self) -> "Settings":
+    def _settings_that_need_others(self) -> "Settings":
         if self.public_url and not self.webhook_secret:
             raise ValueError("DISPATCHER_PUBLIC_URL is set but WEBHOOK_SECRET is not: webhooks must be signed")
+        if self.migrate_on_start and not self.database_url:
+            raise ValueError("MIGRATE_ON_START is true but DATABASE_URL is not set: migrations need a direct connection")
         return self
+
+    def wakeup_description(self) -> str:
+        """How new tasks reach this dispatcher, for check-config."""
+        ways = []
+        if self.database_url:
+            from supabase_sync.database import describe
+
+            ways.append(f"LISTEN on {describe(self.database_url)}")
+        if self.trigger_secret:
+            ways.append("POST /hooks/supabase (pg_net trigger)")
+        ways.append(f"poll every {self.poll_interval_s:g} s")
+        return ", ".join(ways)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -174,6 +191,8 @@ class Settings(BaseModel):
             "DISPATCHER_PUBLIC_URL": "public_url",
             "WEBHOOK_SECRET": "webhook_secret",
             "TRIGGER_SECRET": "trigger_secret",
+            "DATABASE_URL": "database_url",
+            "MIGRATE_ON_START": "migrate_on_start",
         }
         if env.get("WORKFLOW_TEMPLATE_DIRS"):
             values["template_dirs"] = template_dirs(env["WORKFLOW_TEMPLATE_DIRS"])
@@ -182,6 +201,13 @@ class Settings(BaseModel):
             if env.get(var):
                 values[field] = env[var]
                 names[field] = var
+        if values.get("database_url"):
+            from supabase_sync.database import DatabaseUrlError, check_url
+
+            try:
+                check_url(str(values["database_url"]))
+            except DatabaseUrlError as exc:
+                raise ConfigError(str(exc)) from None
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

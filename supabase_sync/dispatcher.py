@@ -5,7 +5,8 @@ endpoint's concurrency limit across dispatchers), build each job input, POST /ru
 all of them concurrently, then record the RunPod job ids in one call. Results arrive by
 webhook (webapp.py -> apply_status); in-flight tasks whose webhook is late are polled on
 /status (check_due_polls), so a lost webhook or a restarted dispatcher loses nothing.
-The loop runs a round when woken (the Supabase trigger) or every POLL_INTERVAL seconds.
+The loop runs a round when woken (LISTEN/NOTIFY, or the pg_net trigger's hook) or every
+POLL_INTERVAL seconds; a cancel notification sends pending RunPod cancels at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from uuid import UUID
 from supabase_sync.config import Route, Settings
 from supabase_sync.jobs import BuiltJob, InvalidTaskParams, JobBuilder, JobOutcome, interpret_status
 from supabase_sync.metrics import Metrics
+from supabase_sync.migrations import discover
+from supabase_sync.migrations.catalog import newest_version
 from supabase_sync.runpod_api import JobStatus, RunPodClient, RunPodRejected, RunPodUnavailable
 from supabase_sync.store import ClaimedTask, TaskStore
 from supabase_sync.templates import TableSource, TemplateCatalog
@@ -43,14 +46,22 @@ class Dispatcher:
         self.runpod = runpod
         self.metrics = metrics or Metrics()
         self._wake = asyncio.Event()
+        self._cancel_wake = asyncio.Event()
         self._submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
         self.last_round_ok: float | None = None
         # templates (folders first, then the workflow_templates table) and dependency outputs
         self.jobs = JobBuilder(store, TemplateCatalog(settings.template_dirs, TableSource(store)))
+        # Reported in the heartbeat: `migrate` holds back a post migration while a dispatcher
+        # that does not ship it is alive (supabase_sync/migrations/runner.py).
+        self.newest_migration = newest_version(discover())
 
     def wake(self) -> None:
-        """Run a dispatch round now (called by the Supabase trigger hook)."""
+        """Run a dispatch round now (a NOTIFY on insert, or the pg_net trigger's hook)."""
         self._wake.set()
+
+    def wake_cancels(self) -> None:
+        """Send pending RunPod cancels now (a NOTIFY on cancel), not at the next maintenance round."""
+        self._cancel_wake.set()
 
     # --- submitting ---------------------------------------------------------------------
 
@@ -240,6 +251,7 @@ class Dispatcher:
         """Dispatch on every wake-up or poll interval, maintain and heartbeat, until stop is set."""
         chores = asyncio.create_task(self._every(stop, self.settings.poll_interval_s, self.maintain, "maintenance"))
         beats = asyncio.create_task(self._every(stop, self.settings.heartbeat_s, self.heartbeat, "heartbeat"))
+        cancels = asyncio.create_task(self._cancels_when_woken(stop))
         failures = 0
         try:
             while not stop.is_set():
@@ -254,9 +266,9 @@ class Dispatcher:
                     continue
                 await _wait_any(stop, self._wake, self.settings.poll_interval_s)
         finally:
-            for chore in (chores, beats):
+            for chore in (chores, beats, cancels):
                 chore.cancel()
-            await asyncio.gather(chores, beats, return_exceptions=True)
+            await asyncio.gather(chores, beats, cancels, return_exceptions=True)
             try:
                 await self.store.heartbeat(self.settings.dispatcher_id, "stopped", None, self._worker_metadata())
             except Exception as exc:  # shutting down anyway
@@ -269,7 +281,21 @@ class Dispatcher:
         return {
             "kind": "dispatcher",
             "routes": {r.endpoint_id: r.task_types for r in self.settings.routing.routes},
+            "newest_migration": self.newest_migration,
+            "heartbeat_s": self.settings.heartbeat_s,
         }
+
+    async def _cancels_when_woken(self, stop: asyncio.Event) -> None:
+        # The maintenance round still sends cancels every POLL_INTERVAL: this only makes it prompt.
+        while not stop.is_set():
+            await _wait_any(stop, self._cancel_wake, None)
+            if stop.is_set():
+                return
+            self._cancel_wake.clear()
+            try:
+                await self.send_cancels()
+            except Exception as exc:
+                log.error("sending cancels failed (%s): %s", type(exc).__name__, exc)
 
     async def _every(self, stop: asyncio.Event, interval_s: float, chore: Any, name: str) -> None:
         while not stop.is_set():
@@ -294,7 +320,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout_s: float) -> None:
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout_s: float | None) -> None:
     waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
     try:
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)

@@ -5,7 +5,8 @@
     POST /hooks/runpod     RunPod's webhook; ?task_id&lease&sig (HMAC, see webhooks.py)
                            401 bad signature, 404 unknown task, 200 otherwise (also for a
                            stale result, which changes nothing: RunPod must not retry it)
-    GET  /health           200 {"status": "ok"} while dispatch rounds succeed, else 503
+    GET  /health           200 {"status": "ok"} while dispatch rounds succeed, else 503; says
+                           whether the LISTEN wake-up is connected
     GET  /metrics          Prometheus text
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +28,9 @@ from supabase_sync.dispatcher import Dispatcher
 from supabase_sync.runpod_api import JobStatus
 from supabase_sync.scaler.metrics import scaler_metrics_text
 from supabase_sync.webhooks import RUNPOD_HOOK_PATH, verify
+
+if TYPE_CHECKING:
+    from supabase_sync.listener import TaskListener
 
 log = logging.getLogger("supabase_sync.webapp")
 
@@ -41,8 +45,8 @@ class TriggerPayload(BaseModel):
     task_type: str | None = None
 
 
-def create_app(dispatcher: Dispatcher) -> Starlette:
-    """The web app bound to one dispatcher."""
+def create_app(dispatcher: Dispatcher, listener: "TaskListener | None" = None) -> Starlette:
+    """The web app bound to one dispatcher (and its LISTEN wake-up, when DATABASE_URL is set)."""
     settings = dispatcher.settings
 
     async def supabase_hook(request: Request) -> Response:
@@ -87,8 +91,10 @@ def create_app(dispatcher: Dispatcher) -> Starlette:
         if last is None or time.monotonic() - last > limit:
             return JSONResponse({"status": "unhealthy", "reason": "no successful dispatch round recently",
                                  "dispatcher_id": settings.dispatcher_id}, status_code=503)
+        # A LISTEN connection that is down does not make the dispatcher unhealthy: the poll goes on.
+        wakeup = "poll" if listener is None else ("listen" if listener.connected else "listen (reconnecting)")
         return JSONResponse({"status": "ok", "dispatcher_id": settings.dispatcher_id,
-                             "last_round_s_ago": round(time.monotonic() - last, 3)})
+                             "last_round_s_ago": round(time.monotonic() - last, 3), "wakeup": wakeup})
 
     async def metrics(request: Request) -> Response:
         queue: Any = None

@@ -18,7 +18,7 @@ WORKER_RANK = {"comfy": 0, "comfy.errors": 0, "comfy.settings": 0, "comfy.deadli
                "comfy.nodes": 1,
                "comfy.server": 2, "comfy.media": 3, "comfy.models": 4, "comfy.delivery": 5, "comfy.job": 6,
                "comfy.worker": 7, "handler": 8}
-QUEUE_BASE = {"config", "store", "runpod_api", "metrics", "migrations", "webhooks", "output_refs"}
+QUEUE_BASE = {"config", "store", "runpod_api", "metrics", "migrations", "webhooks", "output_refs", "database"}
 QUEUE_RANK = {"scaler": 1, "templates": 2}  # every other module of supabase_sync is the dispatcher (3)
 
 

@@ -415,12 +415,12 @@ def test_health_metrics_and_the_dispatchers_own_heartbeat(db, emulator):
 
 
 def test_the_pg_net_trigger_wakes_the_dispatcher_on_insert(db, emulator):
-    from supabase_sync.migrations import MIGRATIONS_DIR, OPTIONAL_TRIGGER
+    from supabase_sync.migrations import migration
     from tests.doubles.pg_net import PgNetBridge
     from tests.fixtures.pgcluster import PG_NET_STUB_SQL
 
     db.sql(PG_NET_STUB_SQL)
-    applied = db.cluster.psql_file(MIGRATIONS_DIR / OPTIONAL_TRIGGER, dbname=db.name)
+    applied = db.cluster.psql_file(migration("0003").path, dbname=db.name)
     assert applied.returncode == 0, applied.stderr
     settings = make_settings(db, emulator, POLL_INTERVAL="30")  # the poll cannot be what finds it
     db.sql("insert into dispatcher_wakeup (url, secret) values (%s, %s)",

@@ -12,7 +12,7 @@ import pytest
 from postgrest.exceptions import APIError
 from supabase import acreate_client
 
-from supabase_sync.migrations import MIGRATIONS_DIR, OPTIONAL_TRIGGER
+from supabase_sync.migrations import MIGRATIONS_DIR, migration
 from tests.fixtures.pgcluster import PG_NET_STUB_SQL
 
 SEED_INSERT = """
@@ -246,7 +246,7 @@ def test_through_the_api_only_the_service_role_key_may_call_the_functions(db):
 
 
 def test_the_pg_net_trigger_migration_applies_and_sends_a_wake_up_after_commit(db):
-    trigger_sql = MIGRATIONS_DIR / OPTIONAL_TRIGGER
+    trigger_sql = migration("0003").path
     # without pg_net: a clear refusal
     failed = db.cluster.psql_file(trigger_sql, dbname=db.name)
     assert failed.returncode != 0 and "needs the pg_net extension" in failed.stderr
