@@ -3,7 +3,7 @@
 With DATABASE_URL, before dispatching: apply the pending migrations (MIGRATE_ON_START) or
 check that none this release needs is missing, then LISTEN for new and cancelled tasks
 (listener.py). A post migration held back by dispatchers of an older release is tried
-again every minute while MIGRATE_ON_START is on.
+again at every heartbeat (when those dispatchers report that they stopped, or stop reporting).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from supabase_sync.store import TaskStore
 from supabase_sync.webapp import create_app
 
 log = logging.getLogger("supabase_sync")
-
-POST_MIGRATION_RETRY_S = 60.0
 
 
 class StartupError(RuntimeError):
@@ -148,20 +146,25 @@ async def _start_listener(settings: Settings, dispatcher: Dispatcher) -> tuple[o
 
 
 async def _retry_post_migrations(settings: Settings, stop: asyncio.Event) -> None:
+    """Apply the post migrations held back at start as soon as no older dispatcher is alive."""
     from supabase_sync.migrations.runner import migrate
 
     url = str(settings.database_url)
+    lines: list[str] = []
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=POST_MIGRATION_RETRY_S)
+            await asyncio.wait_for(stop.wait(), timeout=settings.heartbeat_s)
             return
         except asyncio.TimeoutError:
             pass
+        lines.clear()
         try:
-            result = await asyncio.to_thread(migrate, url, own_dispatcher_id=settings.dispatcher_id,
-                                             report=lambda line: log.info("%s", line))
+            result = await asyncio.to_thread(migrate, url, own_dispatcher_id=settings.dispatcher_id, report=lines.append)
         except Exception as exc:
             log.error("applying the waiting post migrations failed: %s", str(exc).strip())
             continue
+        if result.applied or not result.left_pending:
+            for line in lines:
+                log.info("%s", line)
         if not result.left_pending:
             return

@@ -92,7 +92,10 @@ def create_app(dispatcher: Dispatcher, listener: "TaskListener | None" = None) -
             return JSONResponse({"status": "unhealthy", "reason": "no successful dispatch round recently",
                                  "dispatcher_id": settings.dispatcher_id}, status_code=503)
         # A LISTEN connection that is down does not make the dispatcher unhealthy: the poll goes on.
-        wakeup = "poll" if listener is None else ("listen" if listener.connected else "listen (reconnecting)")
+        wakeup: dict[str, Any] = {"listen": listener is not None}
+        if listener is not None:
+            wakeup.update(connected=listener.connected, connections=listener.connections,
+                          notifications=listener.notifications)
         return JSONResponse({"status": "ok", "dispatcher_id": settings.dispatcher_id,
                              "last_round_s_ago": round(time.monotonic() - last, 3), "wakeup": wakeup})
 

@@ -114,18 +114,36 @@ def wait_for_sync(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0
         time.sleep(interval_s)
 
 
-class DispatcherProcess:
-    """`python -m supabase_sync` as a child process (to SIGKILL it at chosen moments)."""
+def release_command(release: Path | None, *args: str) -> list[str]:
+    """`python -m supabase_sync ARGS`, run from another release's copy of the package when `release` is given."""
+    if release is None:
+        return [sys.executable, "-m", "supabase_sync", *args]
+    code = (f"import runpy, sys; sys.path.insert(0, {str(release)!r}); sys.argv[0] = 'supabase_sync'; "
+            "runpy.run_module('supabase_sync', run_name='__main__')")
+    return [sys.executable, "-c", code, *args]
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+
+class DispatcherProcess:
+    """`python -m supabase_sync` as a child process (to SIGKILL it at chosen moments).
+
+    `release`: a folder (or zip) holding another release's supabase_sync, run instead of this one."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, release: Path | None = None) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
+        self.release = release
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "DispatcherProcess":
+    def start(self, wait: bool = True) -> "DispatcherProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supabase_sync"], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen(release_command(self.release), cwd=ROOT, env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self) -> "DispatcherProcess":
+        assert self.proc is not None
         base = f"http://127.0.0.1:{self.env['DISPATCHER_PORT']}"
 
         def healthy() -> bool:

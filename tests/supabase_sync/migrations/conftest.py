@@ -7,7 +7,7 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +18,10 @@ from psycopg.rows import dict_row
 
 from supabase_sync.migrations import MIGRATIONS_DIR
 from tests.comfy_env import ROOT
-from tests.fixtures.pgcluster import PgCluster, pg_bin
+from tests.doubles.postgrest import PostgrestDouble
+from tests.fixtures.pgcluster import PG_NET_STUB_SQL, PgCluster, pg_bin
+from tests.fixtures.postgres import Database
+from tests.supabase_sync.harness import release_command
 
 _numbers = itertools.count(1)
 
@@ -54,16 +57,9 @@ def blank_db(pg_cluster: PgCluster) -> Iterator[BlankDatabase]:
             conn.execute(f'drop database if exists "{name}" with (force)')
 
 
-def migrate_cli(dsn: str, *args: str, cwd: Path = ROOT, pythonpath: Path | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m supabase_sync migrate ARGS` with DATABASE_URL=dsn, as an operator runs it.
-
-    With `pythonpath`, the supabase_sync found there runs (another release's copy)."""
-    env = {**os.environ, "DATABASE_URL": dsn}
-    code = "import runpy, sys; sys.argv[0] = 'supabase_sync'; runpy.run_module('supabase_sync', run_name='__main__')"
-    if pythonpath is not None:
-        code = f"import sys; sys.path.insert(0, {str(pythonpath)!r}); " + code
-    return subprocess.run([sys.executable, "-c", code, "migrate", *args], cwd=cwd, env=env,
+def migrate_cli(dsn: str, *args: str, release: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m supabase_sync migrate ARGS` with DATABASE_URL=dsn, as an operator runs it (from `release`'s copy)."""
+    return subprocess.run(release_command(release, "migrate", *args), cwd=ROOT, env={**os.environ, "DATABASE_URL": dsn},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -82,3 +78,44 @@ def migrations_copy(tmp_path: Path, extra: dict[str, str] | None = None) -> Path
     for name, text in (extra or {}).items():
         (folder / name).write_text(text)
     return folder
+
+
+# The dispatcher as deployed before numbered migrations (main at 764e9a6), frozen:
+# tests/fixtures/releases/README.md says how it was made.
+PREVIOUS_RELEASE = ROOT / "tests" / "fixtures" / "releases" / "supabase_sync-764e9a6.zip"
+
+
+@pytest.fixture()
+def previous_release(tmp_path: Path) -> Path:
+    """The previous release's supabase_sync, unpacked: a folder to put first on sys.path."""
+    folder = tmp_path / "previous-release"
+    with zipfile.ZipFile(PREVIOUS_RELEASE) as archive:
+        archive.extractall(folder)
+    return folder
+
+
+def psql_script(cluster: PgCluster, dbname: str, script: str) -> subprocess.CompletedProcess:
+    """Feed a script to psql on stdin, stopping at the first error, as `... | psql` does."""
+    return subprocess.run([pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", cluster.dsn(dbname=dbname)],
+                          input=script, capture_output=True, text=True)
+
+
+@pytest.fixture()
+def legacy_db(pg_cluster: PgCluster, previous_release: Path) -> Iterator[Database]:
+    """A database set up as the previous release told users to: pg_net enabled, then
+    `python -m supabase_sync sql --with-trigger | psql` (no migration records); PostgREST in front."""
+    name = f"legacy{next(_numbers)}"
+    pg_cluster.create_database(name, with_migrations=False)
+    with psycopg.connect(pg_cluster.dsn(dbname=name), autocommit=True) as conn:
+        conn.execute(PG_NET_STUB_SQL)
+    script = subprocess.run(release_command(previous_release, "sql", "--with-trigger"), cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    applied = psql_script(pg_cluster, name, script)
+    assert applied.returncode == 0, applied.stderr
+    postgrest = PostgrestDouble(pg_cluster.dsn(user="authenticator", dbname=name)).start()
+    try:
+        yield Database(pg_cluster, name, postgrest)
+    finally:
+        postgrest.stop()
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
