@@ -18,39 +18,23 @@ import socket
 import struct
 import threading
 
+from tests.doubles.tcp_proxy import TcpProxy, shutdown
 
-class NotificationDroppingProxy:
+
+class NotificationDroppingProxy(TcpProxy):
     """127.0.0.1:<port> -> upstream PostgreSQL, without NotificationResponse messages."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
         self.dropped = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
     def dsn(self, user: str = "postgres", dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname} sslmode=disable gssencmode=disable"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._filter, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _forward(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            _close(source, sink)
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        threading.Thread(target=self._filter, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
 
     def _filter(self, source: socket.socket, sink: socket.socket) -> None:
         buffer = b""
@@ -73,15 +57,5 @@ class NotificationDroppingProxy:
         except OSError:
             pass
         finally:
-            _close(source, sink)
+            shutdown(source, sink)
 
-    def close(self) -> None:
-        self._server.close()
-
-
-def _close(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass

@@ -50,11 +50,7 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shutdown(source, sink)
 
     def drop_websockets(self) -> int:
         """Cut every proxied websocket connection; returns how many were cut."""
@@ -73,3 +69,12 @@ class TcpProxy:
 
     def close(self) -> None:
         self._server.close()
+
+
+def shutdown(*sockets: socket.socket) -> None:
+    """Shut both directions of each socket down, ignoring ones already closed."""
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

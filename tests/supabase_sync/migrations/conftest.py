@@ -18,9 +18,8 @@ from psycopg.rows import dict_row
 
 from supabase_sync.migrations import MIGRATIONS_DIR
 from tests.comfy_env import ROOT
-from tests.doubles.postgrest import PostgrestDouble
 from tests.fixtures.pgcluster import PG_NET_STUB_SQL, PgCluster, pg_bin
-from tests.fixtures.postgres import Database
+from tests.fixtures.postgres import Database, served
 from tests.supabase_sync.harness import release_command
 
 _numbers = itertools.count(1)
@@ -112,10 +111,5 @@ def legacy_db(pg_cluster: PgCluster, previous_release: Path) -> Iterator[Databas
                             capture_output=True, text=True, check=True).stdout
     applied = psql_script(pg_cluster, name, script)
     assert applied.returncode == 0, applied.stderr
-    postgrest = PostgrestDouble(pg_cluster.dsn(user="authenticator", dbname=name)).start()
-    try:
-        yield Database(pg_cluster, name, postgrest)
-    finally:
-        postgrest.stop()
-        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+    with served(pg_cluster, name) as database:
+        yield database

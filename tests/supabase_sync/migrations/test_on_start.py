@@ -10,15 +10,17 @@ import psycopg
 
 from supabase_sync.migrations import discover, select
 from tests.comfy_env import ROOT, free_port
-from tests.doubles.postgrest import PostgrestDouble
-from tests.fixtures.postgres import Database
+from tests.fixtures.postgres import served
 from tests.supabase_sync.harness import DispatcherProcess, dispatcher_env, release_command, wait_for_sync
 from tests.supabase_sync.test_dispatch_flow import SEED_PARAMS
 
 
 def test_migrate_on_start_sets_up_a_new_database_once_even_from_two_replicas(blank_db, emulator, tmp_path):
-    postgrest = PostgrestDouble(blank_db.cluster.dsn(user="authenticator", dbname=blank_db.name)).start()
-    db = Database(blank_db.cluster, blank_db.name, postgrest)
+    with served(blank_db.cluster, blank_db.name) as db:
+        _two_replicas_migrate_then_dispatch(blank_db, db, emulator, tmp_path)
+
+
+def _two_replicas_migrate_then_dispatch(blank_db, db, emulator, tmp_path) -> None:
     replicas = [DispatcherProcess(dispatcher_env(db, emulator, free_port(), DISPATCHER_ID=f"replica-{n}",
                                                  DATABASE_URL=db.dsn, MIGRATE_ON_START="true", POLL_INTERVAL="30"),
                                   tmp_path / f"replica-{n}.log") for n in range(2)]
@@ -39,7 +41,6 @@ def test_migrate_on_start_sets_up_a_new_database_once_even_from_two_replicas(bla
     finally:
         for replica in replicas:
             replica.terminate()
-        postgrest.stop()
 
 
 def _start(env: dict[str, str]) -> subprocess.CompletedProcess:
