@@ -74,9 +74,9 @@ RUN --mount=type=secret,id=hf_token,required=false \
 
 # --- the worker's requirements, in a second virtualenv, at the versions its tests ran with ---
 FROM base AS worker-deps
-COPY pyproject.toml builder/worker_requirements.py builder/worker-constraints.txt /builder/
+COPY pyproject.toml builder/image_requirements.py builder/worker-constraints.txt /builder/
 RUN python3 -m venv /opt/worker-venv \
- && python3 /builder/worker_requirements.py /builder/pyproject.toml > /builder/worker-requirements.txt \
+ && python3 /builder/image_requirements.py --image worker /builder/pyproject.toml > /builder/worker-requirements.txt \
  && /opt/worker-venv/bin/pip install -r /builder/worker-requirements.txt -c /builder/worker-constraints.txt
 
 # --- the image RunPod runs ---

@@ -12,7 +12,7 @@ fi
 stamp=".venv/.installed-$(sha256sum < pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -e ".[dispatcher,test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -126,18 +126,19 @@ def release_command(release: Path | None, *args: str) -> list[str]:
 class DispatcherProcess:
     """`python -m supabase_sync` as a child process (to SIGKILL it at chosen moments).
 
-    `release`: a folder (or zip) holding another release's supabase_sync, run instead of this one."""
+    `release`: a folder (or zip) holding another release's supabase_sync, run instead of this one;
+    `command`: the whole command line, instead of `python -m supabase_sync`."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, release: Path | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, release: Path | None = None,
+                 command: list[str] | None = None) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
-        self.release = release
+        self.command = command or release_command(release)
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "DispatcherProcess":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(release_command(self.release), cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_healthy()
         return self
