@@ -101,6 +101,8 @@ class TaskListener:
         self.backend_pid = conn.info.backend_pid
         self.connections += 1
         self.connected = True
+        log.info("listening on %s for new and cancelled tasks (connection %d, backend pid %s)",
+                 describe(self.url), self.connections, self.backend_pid)
         return conn
 
     async def run(self, stop: asyncio.Event, conn: Any = None) -> None:
@@ -119,8 +121,6 @@ class TaskListener:
                     backoff = min(backoff * 2, self.max_backoff_s)
                     await _sleep_or_stop(stop, delay)
                     continue
-                log.info("listening on %s for new and cancelled tasks (connection %d, backend pid %s)",
-                         describe(self.url), self.connections, self.backend_pid)
             backoff = 0.5
             self._notify_connected()
             try:
