@@ -74,6 +74,9 @@ class TaskListener:
         self.connections = 0   # successful connections so far (1 + reconnections)
         self.notifications = 0
         self.backend_pid: int | None = None
+        # pg_notification_queue_usage() at the last ping: a listener that stops reading (a frozen
+        # process) holds the server's notification queue back, and a full queue fails every NOTIFY.
+        self.queue_usage: float | None = None
 
     async def connect(self) -> Any:
         """Connect, LISTEN and hear the probe; raises ListenUnavailable, or psycopg's error when unreachable."""
@@ -83,11 +86,15 @@ class TaskListener:
             probe = json.dumps({"event": "probe", "id": uuid.uuid4().hex})
             await conn.execute("select pg_notify(%s, %s)", (CHANNEL, probe))
             heard = False
-            async for note in conn.notifies(timeout=self.probe_timeout_s):
-                if note.payload == probe:
-                    heard = True
-                    break
-                self._handle(note.payload)
+            notes = conn.notifies(timeout=self.probe_timeout_s)
+            try:
+                async for note in notes:
+                    if note.payload == probe:
+                        heard = True
+                        break
+                    self._handle(note.payload)
+            finally:
+                await notes.aclose()  # it holds the connection's lock until closed
             if not heard:
                 raise ListenUnavailable(
                     f"LISTEN on {describe(self.url)} did not hear its own probe notification within "
@@ -146,7 +153,12 @@ class TaskListener:
                 self._handle(note.payload)
             if time.monotonic() - last_ping >= self.ping_interval_s:
                 # a connection that died without a word (no FIN) is found here, not never
-                await asyncio.wait_for(conn.execute("select 1"), timeout=10)
+                cursor = await asyncio.wait_for(conn.execute("select pg_notification_queue_usage()"), timeout=10)
+                self.queue_usage = float((await cursor.fetchone())[0])
+                if self.queue_usage >= 0.5:
+                    log.warning("the server's NOTIFY queue is %.0f%% full: a listening session is not reading "
+                                "(a frozen process?); at 100%% every NOTIFY, and so every INSERT, fails",
+                                self.queue_usage * 100)
                 last_ping = time.monotonic()
 
     def _handle(self, payload: str) -> None:

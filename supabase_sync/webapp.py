@@ -95,7 +95,7 @@ def create_app(dispatcher: Dispatcher, listener: "TaskListener | None" = None) -
         wakeup: dict[str, Any] = {"listen": listener is not None}
         if listener is not None:
             wakeup.update(connected=listener.connected, connections=listener.connections,
-                          notifications=listener.notifications)
+                          notifications=listener.notifications, notify_queue_usage=listener.queue_usage)
         return JSONResponse({"status": "ok", "dispatcher_id": settings.dispatcher_id,
                              "last_round_s_ago": round(time.monotonic() - last, 3), "wakeup": wakeup})
 

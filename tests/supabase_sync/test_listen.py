@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,56 @@ def test_a_connection_that_cannot_listen_stops_the_start_with_the_reason(db, emu
     assert "did not hear its own probe notification within 5 s: this connection cannot LISTEN" in done.stderr
     assert "transaction-mode pooler" in done.stderr and "session pooler (port 5432)" in done.stderr
     assert proxy.dropped >= 1
+
+
+def test_a_frozen_listening_dispatcher_holds_nothing_up_and_submits_nothing_twice(db, emulator, tmp_path):
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": [{"endpoint_id": ENDPOINT, "task_types": ["comfy"], "max_in_flight": 100}]}))
+    procs = [DispatcherProcess(dispatcher_env(db, emulator, free_port(), DATABASE_URL=db.dsn, DISPATCHER_ID=f"d{n}",
+                                              DISPATCHER_ROUTES="", DISPATCHER_ROUTES_FILE=str(routes),
+                                              CLAIM_LEASE_S="30", **LISTEN_ONLY), tmp_path / f"d{n}.log").start()
+             for n in range(2)]
+    frozen, awake = procs
+    try:
+        wait_for_sync(lambda: len(listeners(db)) == 2, timeout_s=15, what="two listeners")
+        frozen.proc.send_signal(signal.SIGSTOP)  # its connection stays open; it reads nothing
+        tasks = [db.insert_task("comfy", SEED_PARAMS) for _ in range(10)]
+        wait_for_sync(lambda: all(emulator.submissions_for(t) for t in tasks), timeout_s=10,
+                      what="the awake dispatcher submitting everything")
+        frozen.proc.send_signal(signal.SIGCONT)  # it reads ten old notifications now
+        time.sleep(1.5)
+        late = db.insert_task("comfy", SEED_PARAMS)
+        wait_for_sync(lambda: emulator.submissions_for(late), timeout_s=5, what="a task after the thaw")
+    finally:
+        if frozen.proc and frozen.proc.poll() is None:
+            frozen.proc.send_signal(signal.SIGCONT)
+        for proc in procs:
+            proc.terminate()
+    submitted = [job.input["task_id"] for job in emulator.submissions]
+    assert sorted(submitted) == sorted(tasks + [late])
+    assert {r["claimed_by"] for r in db.sql("select claimed_by from tasks where task_id = any(%s::uuid[])",
+                                            (tasks,))} == {"d1"}
+
+
+def test_the_listener_hands_over_every_notification_and_reports_the_notify_queue(db):
+    from supabase_sync.listener import Notice, TaskListener
+
+    notices: list[Notice] = []
+    connects: list[int] = []
+
+    async def scenario() -> TaskListener:
+        listener = TaskListener(db.dsn, "unit", notices.append, lambda: connects.append(1), ping_interval_s=0.1)
+        stop = asyncio.Event()
+        running_listener = asyncio.create_task(listener.run(stop))
+        await wait_for(lambda: listener.connected, timeout_s=10, what="connected")
+        db.insert_task("comfy", SEED_PARAMS)
+        db.sql("select pg_notify('supabase_sync', 'not json')")
+        db.sql("select pg_notify('supabase_sync', '{\"event\": \"probe\", \"id\": \"someone else\"}')")
+        await wait_for(lambda: len(notices) == 2 and listener.queue_usage is not None, timeout_s=10, what="notices")
+        stop.set()
+        await asyncio.wait_for(running_listener, 10)
+        return listener
+
+    listener = asyncio.run(scenario())
+    assert notices == [Notice("insert", "comfy"), Notice("unknown")]  # others' probes are not handed over
+    assert connects == [1] and listener.queue_usage == 0.0 and not listener.connected

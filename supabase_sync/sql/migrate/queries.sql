@@ -37,7 +37,8 @@ from public.workers w
 where w.metadata ->> 'kind' = 'dispatcher'
   and w.status <> 'stopped'
   and w.id <> coalesce(%(own_id)s, '')
-  and w.last_heartbeat > now() - make_interval(
-        secs => greatest(60, 4 * coalesce((w.metadata ->> 'heartbeat_s')::double precision, 15)))
+  and w.last_heartbeat > now() - make_interval(secs => greatest(60, 4 * coalesce(
+        case when jsonb_typeof(w.metadata -> 'heartbeat_s') = 'number' then (w.metadata ->> 'heartbeat_s')::double precision end,
+        15)))
   and coalesce(w.metadata ->> 'newest_migration', '') < %(version)s
 order by w.id;
