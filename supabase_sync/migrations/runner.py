@@ -133,7 +133,8 @@ def migrate(url: str, *, directory: Path = MIGRATIONS_DIR, include: Iterable[str
             _describe(plan, url, report)
             return _apply(conn, plan, pre_only, lock_timeout_s, own_dispatcher_id, report)
         finally:
-            conn.execute(QUERIES["unlock"])
+            if not conn.broken:  # a lost connection released the session lock already
+                conn.execute(QUERIES["unlock"])
     finally:
         conn.close()
 
