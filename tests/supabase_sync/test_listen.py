@@ -16,6 +16,7 @@ import psycopg
 
 from tests.comfy_env import ROOT, free_port
 from tests.doubles.pg_pooler import NotificationDroppingProxy
+from tests.doubles.tcp_proxy import TcpProxy
 from tests.supabase_sync.harness import (ENDPOINT, DispatcherProcess, dispatcher_env, make_settings, running, wait_for,
                                          wait_for_sync)
 from tests.supabase_sync.test_dispatch_flow import SEED_PARAMS
@@ -49,6 +50,25 @@ def test_an_insert_reaches_run_through_listen_once_it_commits(db, emulator):
 
     asyncio.run(scenario())
     assert db.task(emulator.submissions[0].input["task_id"])["runpod_job_id"] == emulator.submissions[0].id
+
+
+def test_listen_works_through_a_session_mode_pooler(db, emulator):
+    # A session-mode pooler (Supavisor on port 5432) gives each client session its own server
+    # connection for as long as it lasts: to the client, a plain pass-through.
+    pooler = TcpProxy(db.cluster.port)
+    url = f"host=127.0.0.1 port={pooler.port} user=postgres dbname={db.name} sslmode=disable"
+    settings = make_settings(db, emulator, DATABASE_URL=url, **LISTEN_ONLY)
+
+    async def scenario() -> None:
+        async with running(settings):
+            await asyncio.sleep(0.3)
+            task_id = db.insert_task("comfy", SEED_PARAMS)
+            await wait_for(lambda: emulator.submissions_for(task_id), timeout_s=3, what="submitted through the pooler")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pooler.close()
 
 
 def test_a_cancel_notification_cancels_the_runpod_job_at_once(db, emulator):
