@@ -122,9 +122,26 @@ def _steady(cluster, logs: Path, name: str, wakeup: str, rate: float, seconds: f
             bridge.stop()
         emulator.stop()
         db.close()
-    result = _percentiles(latencies)
-    result.update(rate=rate, seconds=seconds, behind_s=late, duplicates=len(latencies) - distinct)
-    return result
+    return {"latencies": latencies, "behind_s": late, "duplicates": len(latencies) - distinct}
+
+
+def _side_by_side(cluster, logs: Path, rate: float, seconds: float) -> dict[str, dict]:
+    """Both wake-ups, `seconds` each, in the order listen, pg_net, pg_net, listen (half of it per run), so
+    that a machine getting busier or quieter during the run weighs on both alike."""
+    runs: dict[str, list[dict]] = {"listen": [], "pg_net": []}
+    for n, wakeup in enumerate(("listen", "pg_net", "pg_net", "listen")):
+        run = _steady(cluster, logs, f"{wakeup}{n}", wakeup, rate, seconds / 2)
+        print(f"  {wakeup} (run {n + 1} of 4): {_line(_percentiles(run['latencies']))}; inserts "
+              f"{run['behind_s']:.2f} s behind schedule", flush=True)
+        runs[wakeup].append(run)
+    results = {}
+    for wakeup, parts in runs.items():
+        result = _percentiles([v for part in parts for v in part["latencies"]])
+        result.update(behind_s=max(part["behind_s"] for part in parts),
+                      duplicates=sum(part["duplicates"] for part in parts),
+                      runs=[_percentiles(part["latencies"]) for part in parts])
+        results[wakeup] = result
+    return results
 
 
 def _polling(cluster, logs: Path, tasks: int, poll_interval: str = "1", gap_s: float = 0.37) -> dict:
@@ -199,13 +216,13 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-dispatcher-"))
+    load_before = os.getloadavg()[0]
     cluster = start_cluster(durable=True)
     try:
-        steady = {}
-        for wakeup in ("listen", "pg_net"):
-            steady[wakeup] = _steady(cluster, logs, wakeup, wakeup, args.rate, args.steady_s)
-            print(f"INSERT -> /run at {args.rate:g} tasks/s, {wakeup}: n={steady[wakeup]['n']} {_line(steady[wakeup])}; "
-                  f"inserts {steady[wakeup]['behind_s']:.2f} s behind schedule", flush=True)
+        steady = _side_by_side(cluster, logs, args.rate, args.steady_s)
+        for wakeup, result in steady.items():
+            print(f"INSERT -> /run at {args.rate:g} tasks/s, {wakeup}: n={result['n']} {_line(result)}; "
+                  f"inserts at most {result['behind_s']:.2f} s behind schedule", flush=True)
         poll = _polling(cluster, logs, args.poll_tasks)
         print(f"INSERT -> /run, polling only (POLL_INTERVAL=1): n={poll['n']} {_line(poll)}", flush=True)
         thr = _throughput(cluster, logs, args.tasks)
@@ -217,9 +234,10 @@ def main() -> int:
         pg_version = cluster_version(cluster)
     finally:
         cluster.stop()
-    print(f"dispatcher logs: {logs}")
+    load = (load_before, os.getloadavg()[0])
+    print(f"dispatcher logs: {logs}; load average {load[0]:.1f} before, {load[1]:.1f} after")
     if not args.no_write:
-        _write(args, steady, poll, thr, pg_version)
+        _write(args, steady, poll, thr, pg_version, load)
     return 0
 
 
@@ -230,7 +248,8 @@ def cluster_version(cluster) -> str:
         return conn.execute("show server_version").fetchone()[0].split()[0]
 
 
-def _write(args: argparse.Namespace, steady: dict, poll: dict, thr: dict, pg_version: str) -> None:
+def _write(args: argparse.Namespace, steady: dict, poll: dict, thr: dict, pg_version: str,
+           load: tuple[float, float]) -> None:
     from bench.report import write_section
 
     listen, pg_net = steady["listen"], steady["pg_net"]
@@ -242,13 +261,17 @@ def _write(args: argparse.Namespace, steady: dict, poll: dict, thr: dict, pg_ver
     body = f"""
 Command: `.venv/bin/python {command}`.
 Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, shared with other engineers' test
-runs; run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Everything local: a throwaway PostgreSQL {pg_version} with
+runs (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end: on {os.cpu_count()} cores, every process
+waited for CPU); run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Everything local: a throwaway PostgreSQL {pg_version} with
 durable settings (fsync and synchronous_commit on), the PostgREST RPC double and the RunPod emulator in the benchmark
 process, the pg_net double (LISTEN/NOTIFY after commit, then an HTTP POST from the benchmark process) for the
 trigger, and the dispatchers as real `python -m supabase_sync` processes. Latency = the emulator's wall-clock
 receipt of `/run` − the INSERT's commit. In the steady runs one task is inserted every {1000 / args.rate:g} ms
-({args.rate:g} tasks/s, each INSERT its own transaction) for {args.steady_s:g} s, whatever the dispatcher does; each
-wake-up alone, `POLL_INTERVAL=5` as the safety net.
+({args.rate:g} tasks/s, each INSERT its own transaction), whatever the dispatcher does, {args.steady_s:g} s per
+wake-up in four runs (LISTEN, pg_net, pg_net, LISTEN: a machine getting busier or quieter weighs on both alike);
+each wake-up alone, with `POLL_INTERVAL=5` as the safety net. Per run, p50 / p99: LISTEN
+{", ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms" for r in listen['runs'])}; pg_net
+{", ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms" for r in pg_net['runs'])}.
 
 | measurement | target | result |
 | --- | --- | --- |
@@ -257,8 +280,8 @@ wake-up alone, `POLL_INTERVAL=5` as the safety net.
 | INSERT → `/run`, polling only (`POLL_INTERVAL=1`), {poll['n']} tasks | bounded by the interval | {_line(poll)} |
 | {thr['tasks']} tasks inserted at once, claimed and submitted by {thr['dispatchers']} dispatchers | ≥ 200 tasks/s, no duplicates | **{thr['tasks_per_s']:.0f} tasks/s** ({thr['seconds']:.2f} s), {thr['submissions']} submissions, **{thr['duplicates']} duplicates**, {thr['attached']} job ids recorded |
 
-Duplicate submissions in the steady runs: LISTEN {listen['duplicates']}, pg_net {pg_net['duplicates']}. The inserts kept
-their schedule (the last one {listen['behind_s']:.2f} s / {pg_net['behind_s']:.2f} s after its slot). The LISTEN path has one
+Duplicate submissions in the steady runs: LISTEN {listen['duplicates']}, pg_net {pg_net['duplicates']}. How well the
+benchmark itself kept the schedule (its last INSERT after its slot, worst run): {listen['behind_s']:.2f} s / {pg_net['behind_s']:.2f} s. The LISTEN path has one
 hop fewer than pg_net's (the notification wakes the dispatcher directly instead of an HTTP request to its web
 app) and needs neither a public URL nor a secret; on Supabase, pg_net's requests go out from its background
 worker at about 200 per second and are lost with a crash (docs/dispatcher.md). For comparison, the seed's 5 s
