@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from supabase_sync.database import connect, describe
 from supabase_sync.migrations.catalog import MIGRATIONS_DIR, Migration, discover, select
+from supabase_sync.migrations.statements import runs_outside_a_transaction, split
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrate"
 LOCK_WAIT_S = 600.0  # how long to wait for another migrate before giving up
@@ -227,24 +228,34 @@ def _apply(conn: Any, plan: Plan, pre_only: bool, lock_timeout_s: float, own_id:
 
 def _apply_one(conn: Any, migration: Migration, lock_timeout_s: float, report: Report) -> None:
     import psycopg
-    from psycopg import sql
 
+    outside = runs_outside_a_transaction(migration.sql)
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         started = time.monotonic()
         try:
-            with conn.transaction():
-                conn.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
-                conn.execute("set local statement_timeout = 0")  # a backfill may take long; locks may not
-                conn.execute(migration.sql)
-                duration_ms = int((time.monotonic() - started) * 1000)
-                conn.execute(QUERIES["record"], {"version": migration.version, "name": migration.name,
-                                                 "checksum": migration.checksum, "phase": migration.phase,
-                                                 "duration_ms": duration_ms})
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-            if attempt == LOCK_ATTEMPTS:
+            if outside:
+                _run_statement_by_statement(conn, migration, lock_timeout_s)
+                _record(conn, migration, started)
+            else:
+                with conn.transaction():
+                    _set_timeouts(conn, lock_timeout_s, local=True)
+                    conn.execute(migration.sql)
+                    _record(conn, migration, started)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, _StatementFailed) as exc:
+            failure = exc.error if isinstance(exc, _StatementFailed) else exc
+            if not isinstance(failure, (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)):
                 raise MigrationError(
-                    f"{migration.name} could not take its locks ({exc.diag.message_primary}) in {LOCK_ATTEMPTS} tries "
-                    f"of {lock_timeout_s:g} s: a long transaction holds the table; nothing of it was applied"
+                    f"{migration.name} failed: {_explain(failure, exc.statement, exc.line)}. It runs statement "
+                    "by statement, outside a transaction (it has a command PostgreSQL refuses inside one, such as "
+                    "CREATE INDEX CONCURRENTLY), so the statements before that one stay applied; they are written "
+                    "to run again: fix the cause and migrate again"
+                ) from None
+            if attempt == LOCK_ATTEMPTS:
+                left = ("the statements before the one that waited stay applied and run again next time" if outside
+                        else "nothing of it was applied")
+                raise MigrationError(
+                    f"{migration.name} could not take its locks ({failure.diag.message_primary}) in {LOCK_ATTEMPTS} "
+                    f"tries of {lock_timeout_s:g} s: a long transaction holds the table; {left}"
                 ) from None
             pause = min(2.0 ** attempt, 15.0) * (0.5 + random.random() / 2)
             report(f"{migration.name}: a lock was not free within {lock_timeout_s:g} s; trying again in {pause:.1f} s "
@@ -252,17 +263,57 @@ def _apply_one(conn: Any, migration: Migration, lock_timeout_s: float, report: R
             time.sleep(pause)
             continue
         except psycopg.Error as exc:
-            raise MigrationError(f"{migration.name} failed and was rolled back: {_explain(exc, migration)}") from None
-        report(f"applied {migration.name} ({migration.phase}, {duration_ms} ms)")
+            raise MigrationError(f"{migration.name} failed and was rolled back: {_explain(exc, migration.sql)}") from None
+        how = ", statement by statement" if outside else ""
+        report(f"applied {migration.name} ({migration.phase}{how}, {int((time.monotonic() - started) * 1000)} ms)")
         return
 
 
-def _explain(exc: Any, migration: Migration) -> str:
+class _StatementFailed(Exception):
+    """A statement of a file run statement by statement failed (the line where it starts)."""
+
+    def __init__(self, line: int, statement: str, error: Any) -> None:
+        super().__init__(str(error))
+        self.line, self.statement, self.error = line, statement, error
+
+
+def _set_timeouts(conn: Any, lock_timeout_s: float, local: bool) -> None:
+    from psycopg import sql
+
+    scope = sql.SQL("local ") if local else sql.SQL("")
+    conn.execute(sql.SQL("set {}lock_timeout = {}").format(scope, sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
+    conn.execute(sql.SQL("set {}statement_timeout = 0").format(scope))  # a backfill may take long; locks may not
+
+
+def _run_statement_by_statement(conn: Any, migration: Migration, lock_timeout_s: float) -> None:
+    import psycopg
+
+    _set_timeouts(conn, lock_timeout_s, local=False)
+    try:
+        for line, statement in split(migration.sql):
+            try:
+                conn.execute(statement)
+            except psycopg.Error as exc:
+                raise _StatementFailed(line, statement, exc) from None
+    finally:
+        if not conn.broken:
+            conn.execute("reset lock_timeout")
+            conn.execute("reset statement_timeout")
+
+
+def _record(conn: Any, migration: Migration, started: float) -> None:
+    conn.execute(QUERIES["record"], {"version": migration.version, "name": migration.name,
+                                     "checksum": migration.checksum, "phase": migration.phase,
+                                     "duration_ms": int((time.monotonic() - started) * 1000)})
+
+
+def _explain(exc: Any, sql_text: str, first_line: int = 1) -> str:
+    """The server's message, with the file's line it points at (sql_text starts at first_line) when it says."""
     diag = exc.diag
-    where = ""
+    line = first_line
     if diag.statement_position:
-        line = migration.sql[: int(diag.statement_position)].count("\n") + 1
-        where = f"line {line}: "
+        line += sql_text[: int(diag.statement_position)].count("\n")
+    where = f"line {line}: " if diag.statement_position or first_line > 1 else ""
     text = where + (diag.message_primary or str(exc).strip())
     for extra in (diag.message_detail, diag.message_hint):
         if extra:

@@ -27,12 +27,12 @@ def test_the_image_is_a_slim_python_with_only_the_dispatchers_files():
     copied = [c.split()[:-1] for c in re.findall(r"^COPY (.*)$", DOCKERFILE, re.M)]
     sources = {s for c in copied for s in c if not s.startswith("--")}
     assert sources == {"pyproject.toml", "builder/image_requirements.py", "builder/dispatcher-constraints.txt",
-                       "supabase_sync", "/opt/venv"}
+                       "supabase_sync", "templates", "/opt/venv"}
     assert "--image dispatcher" in DOCKERFILE and "-c /builder/dispatcher-constraints.txt" in DOCKERFILE
     ignore = (ROOT / "Dockerfile.dispatcher.dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     assert allowed == {"pyproject.toml", "builder/image_requirements.py", "builder/dispatcher-constraints.txt",
-                       "supabase_sync"}
+                       "supabase_sync", "templates"}
 
 
 def test_it_runs_as_a_numeric_non_root_user_after_the_last_root_step():

@@ -196,3 +196,48 @@ def test_an_unreachable_database_is_named_without_its_password(blank_db):
     done = migrate_cli("postgresql://postgres:s3cret@127.0.0.1:9/postgres?connect_timeout=2")
     assert done.returncode == 1
     assert "postgres@127.0.0.1:9/postgres" in done.stderr and "s3cret" not in done.stderr
+
+
+def test_a_file_that_builds_an_index_concurrently_runs_statement_by_statement_and_is_recorded(blank_db, tmp_path):
+    folder = migrations_copy(tmp_path, {"0990_big_index.sql": (
+        "create table if not exists public.big (id int);\n"
+        "insert into public.big select generate_series(1, 1000);\n"
+        "create index concurrently if not exists big_id_idx on public.big (id);\n")})
+    reports: list[str] = []
+    migrate(blank_db.dsn, directory=folder, report=reports.append)
+    assert any(line.startswith("applied 0990_big_index.sql (pre, statement by statement,") for line in reports)
+    assert blank_db.sql("select indisvalid from pg_index where indexrelid = 'public.big_id_idx'::regclass") == \
+        [{"indisvalid": True}]
+    assert blank_db.records()[-1]["name"] == "0990_big_index.sql"
+    assert "0080_pipelines.sql (pre, statement by statement," in "".join(reports)  # the real one that needs it
+
+
+def test_a_failing_statement_of_such_a_file_is_named_by_line_and_what_ran_before_it_stays(blank_db, tmp_path):
+    folder = migrations_copy(tmp_path, {"0990_half.sql": (
+        "create table if not exists public.kept (id int);\n"
+        "create index concurrently if not exists kept_idx on public.kept (id);\n"
+        "\n"
+        "select no_such_function();\n")})
+    with pytest.raises(MigrationError) as info:
+        migrate(blank_db.dsn, directory=folder, report=quiet)
+    message = str(info.value)
+    assert message.startswith("0990_half.sql failed: line 4: function no_such_function() does not exist")
+    assert "the statements before that one stay applied" in message
+    assert blank_db.sql("select to_regclass('public.kept_idx') is not null as kept")[0]["kept"]
+    assert "0990" not in [r["version"] for r in blank_db.records()]
+    (folder / "0990_half.sql").write_text((folder / "0990_half.sql").read_text().replace("no_such_function()", "1"))
+    migrate(blank_db.dsn, directory=folder, report=quiet)  # fixed: runs again from the top, harmlessly
+    assert blank_db.records()[-1]["version"] == "0990"
+
+
+def test_statements_are_split_by_quotes_and_bodies_and_only_real_commands_need_autocommit():
+    from supabase_sync.migrations.statements import runs_outside_a_transaction, split
+
+    sql = ("create function f() returns text language plpgsql as $body$ begin return 'a;b'; end $body$;\n"
+           "-- create index concurrently mentioned in a comment;\n"
+           "do $$ begin raise notice 'drop index concurrently x;'; end $$;\n"
+           "select 'vacuum;' as v;\n")
+    assert [line for line, _ in split(sql)] == [1, 3, 4]
+    assert not runs_outside_a_transaction(sql)
+    assert runs_outside_a_transaction(sql + "/* why */ create unique index concurrently u on t (a);\n")
+    assert runs_outside_a_transaction("VACUUM analyze tasks;")

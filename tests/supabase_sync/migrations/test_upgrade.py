@@ -143,8 +143,9 @@ def test_a_database_of_the_previous_release_upgrades_with_every_row_intact_and_i
     assert db.task(tasks["claimed"])["attempts"] == 2  # the lost claim counted, then it ran
     assert emulator.jobs[tasks["cancelled_job"]].status == "CANCELLED"
     assert db.task(tasks["backoff"])["status"] == "queued"  # still waiting out its hour
-    for name in ("complete", "failed", "gave_up", "cancelled_queued"):
-        assert db.task(tasks[name]) == next(r for r in before["tasks"] if str(r["task_id"]) == tasks[name]), name
+    for name in ("complete", "failed", "gave_up", "cancelled_queued"):  # finished: the new dispatcher left them be
+        old = next(r for r in before["tasks"] if str(r["task_id"]) == tasks[name])
+        assert {k: v for k, v in db.task(tasks[name]).items() if k in old} == old, name
 
     # and the schema is exactly what a new database gets from this release
     blank_db.sql(PG_NET_STUB_SQL)
