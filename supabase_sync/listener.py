@@ -1,7 +1,8 @@
 """The LISTEN wake-up: a direct database connection that hears the tasks table's NOTIFYs.
 
-The triggers of 0060_notify_listeners.sql NOTIFY channel `supabase_sync` inside the
-transaction that inserts a queued task or cancels one. PostgreSQL delivers a notification
+The triggers of 0060_notify_listeners.sql and 0061_notify_released.sql NOTIFY channel
+`supabase_sync` inside the transaction that inserts a queued task, releases a waiting one
+(pipelines) or cancels one. PostgreSQL delivers a notification
 when, and only if, that transaction commits, to every session listening then: nothing
 is sent for a rolled-back insert, and no public URL or secret is involved.
 
@@ -40,7 +41,8 @@ class ListenUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Notice:
-    """One notification: `insert` (a queued task of task_type) or `cancel` (task_id), or another event."""
+    """One notification: `insert` (a queued task of task_type), `queued` (a waiting one released),
+    `cancel` (task_id), or another event."""
 
     event: str
     task_type: str | None = None

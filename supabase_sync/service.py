@@ -128,8 +128,8 @@ async def _start_listener(settings: Settings, dispatcher: Dispatcher) -> tuple[o
     def on_notice(notice: Notice) -> None:
         if notice.event == "cancel":
             dispatcher.wake_cancels()
-        elif notice.event != "insert" or notice.task_type is None or notice.task_type in routed:
-            dispatcher.wake()  # an insert of a type this dispatcher routes, or an event it does not know
+        elif notice.event not in ("insert", "queued") or notice.task_type is None or notice.task_type in routed:
+            dispatcher.wake()  # a task of a type this dispatcher routes is ready, or an event it does not know
 
     def on_connect() -> None:
         dispatcher.wake()

@@ -224,3 +224,19 @@ def test_the_listener_hands_over_every_notification_and_reports_the_notify_queue
     listener = asyncio.run(scenario())
     assert notices == [Notice("insert", "comfy"), Notice("unknown")]  # others' probes are not handed over
     assert connects == [1] and listener.queue_usage == 0.0 and not listener.connected
+
+
+def test_a_dependant_released_by_another_dispatchers_completion_is_submitted_through_listen(db, emulator):
+    settings = make_settings(db, emulator, DATABASE_URL=db.dsn, routes=f"vace={ENDPOINT}", **LISTEN_ONLY)
+    first = db.insert_task("comfy", SEED_PARAMS)  # another route's type: this dispatcher never claims it
+    dependant = db.insert_task("vace", {"prompt": "a cat"}, depends_on=[first])
+
+    async def scenario() -> None:
+        async with running(settings):
+            await asyncio.sleep(0.5)
+            assert emulator.submissions_for(dependant) == []  # waiting
+            [c] = db.sql("select * from claim_tasks('elsewhere', 'other-ep', array['comfy'], 1)")
+            db.sql("select complete_task(%s, %s, null, 'https://cdn.test/a.png', '{}')", (first, c["lease_token"]))
+            await wait_for(lambda: emulator.submissions_for(dependant), timeout_s=3, what="the released dependant")
+
+    asyncio.run(scenario())

@@ -84,3 +84,15 @@ def test_the_triggers_fire_for_the_service_role_and_their_functions_are_nobody_e
                 raise AssertionError(f"{role} could call the trigger function")
             except psycopg.errors.InsufficientPrivilege:
                 pass
+
+
+def test_a_waiting_task_released_by_its_dependency_notifies_once_per_type(db):
+    first = db.insert_task("comfy")
+    waiting = [db.insert_task("vace", depends_on=[first]) for _ in range(3)]
+    assert {db.task(t)["status"] for t in waiting} == {"waiting"}
+    [c] = claim(db)
+    with _listener(db) as listener:
+        db.sql("select complete_task(%s, %s, null, 'https://cdn.test/a.png', '{}')", (first, c["lease_token"]))
+        notes = _notes(listener, 1)
+    assert notes == [{"event": "queued", "task_type": "vace"}]
+    assert {db.task(t)["status"] for t in waiting} == {"queued"}
