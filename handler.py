@@ -47,6 +47,7 @@ import runpod  # noqa: E402
 
 from comfy.job.run import run_job  # noqa: E402
 from comfy.server.runtime import WorkerRuntime  # noqa: E402
+from comfy.worker.fence import TaskFence  # noqa: E402
 from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
 from comfy.worker.local_run import LocalRun  # noqa: E402
 from comfy.worker.runpod_progress import RunPodProgress  # noqa: E402
@@ -60,6 +61,8 @@ LOCAL = LocalRun.for_process(SETTINGS, sys.argv, os.environ) if __name__ == "__m
 # The worker's row in `workers` (seed monitoring); a no-op without Supabase credentials.
 HEARTBEAT = WorkerHeartbeat.from_env().start()
 atexit.register(HEARTBEAT.stop)
+# Only the job holding its Supabase task's claim runs (start_task); a no-op without credentials.
+FENCE = TaskFence.from_env()
 
 
 def _progress_sender(job: dict[str, Any]):
@@ -73,6 +76,9 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Run one RunPod job; a failure comes back as {"error": ..., "details": ...}."""
     cancel = threading.Event()
     job_input = job.get("input")
+    refused = await asyncio.to_thread(FENCE.check, job_input, str(job["id"]))
+    if refused is not None:  # superseded: nothing downloaded, nothing queued in ComfyUI
+        return refused
     HEARTBEAT.set_current_task(job_input.get("task_id") if isinstance(job_input, dict) else None)
     try:
         run = LOCAL.run_job if LOCAL else run_job

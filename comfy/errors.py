@@ -100,3 +100,9 @@ class OutputTooLarge(OutputError):
     """The result would be larger than RESULT_MAX_BYTES and storage could not take the rest."""
 
     error_type = "output_too_large"
+
+
+class TaskSuperseded(JobError):
+    """The job's claim on its Supabase task is gone (start_task refused it): nothing was run."""
+
+    error_type = "superseded"

@@ -52,6 +52,8 @@ def main(argv: list[str]) -> int:
             print(f"{', '.join(route.task_types)} -> endpoint {route.endpoint_id} ({route.kind}, "
                   f"max {route.max_in_flight} in flight, policy {route.policy()})")
         print(f"unknown task types: {settings.routing.unknown_task_types}")
+        print(f"claims: up to {settings.claim_batch} per call (CLAIM_BATCH), within Supabase's Max rows "
+              f"{settings.max_rows} (SUPABASE_MAX_ROWS)")
         print(f"webhooks: {'on, ' + settings.public_url if settings.public_url else 'off (status polling only)'}")
         print(f"wake-up: {settings.wakeup_description()}")
         missing = [str(path) for path in settings.template_dirs if not path.is_dir()]

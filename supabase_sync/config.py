@@ -126,7 +126,8 @@ class Settings(BaseModel):
     poll_interval_s: float = Field(default=5.0, gt=0, description="the seed's POLL_INTERVAL")
     status_check_s: float = Field(default=30.0, gt=0, description="poll /status when no webhook came in this long")
     claim_lease_s: float = Field(default=60.0, gt=0)
-    claim_batch: int = Field(default=50, ge=1, le=1000)
+    claim_batch: int = Field(default=50, ge=1)
+    max_rows: int = Field(default=1000, ge=1, description="the project's API 'Max rows': PostgREST's cap on RPC answers")
     retry_backoff_base_s: float = Field(default=10.0, ge=0)
     retry_backoff_max_s: float = Field(default=600.0, ge=0)
     heartbeat_s: float = Field(default=15.0, gt=0)
@@ -160,6 +161,19 @@ class Settings(BaseModel):
         ways.append(f"poll every {self.poll_interval_s:g} s")
         return ", ".join(ways)
 
+    @model_validator(mode="after")
+    def _claims_fit_in_one_answer(self) -> "Settings":
+        # PostgREST cuts a set-returning answer at Max rows AFTER the function ran: rows
+        # claimed beyond the cap would be in_progress with nobody submitting them.
+        if self.claim_batch > self.max_rows:
+            raise ValueError(
+                f"CLAIM_BATCH={self.claim_batch} is above SUPABASE_MAX_ROWS={self.max_rows} (the project's API "
+                "'Max rows' setting): PostgREST returns at most that many rows, and the claimed rows beyond it "
+                "would stay in_progress, unsubmitted, until their lease expires; lower CLAIM_BATCH, or raise Max rows "
+                "in Supabase (Settings > API) and SUPABASE_MAX_ROWS with it"
+            )
+        return self
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Read the settings; raise ConfigError naming every missing or bad variable."""
@@ -183,6 +197,7 @@ class Settings(BaseModel):
             "STATUS_CHECK_INTERVAL": "status_check_s",
             "CLAIM_LEASE_S": "claim_lease_s",
             "CLAIM_BATCH": "claim_batch",
+            "SUPABASE_MAX_ROWS": "max_rows",
             "RETRY_BACKOFF_BASE_S": "retry_backoff_base_s",
             "RETRY_BACKOFF_MAX_S": "retry_backoff_max_s",
             "HEARTBEAT_INTERVAL": "heartbeat_s",

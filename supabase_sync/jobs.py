@@ -21,6 +21,9 @@ log = logging.getLogger("supabase_sync.jobs")
 MAX_RUN_BODY_BYTES = 10 * 1024 * 1024  # RunPod's /run limit
 # Worker errors that another attempt cannot fix (comfy/errors.py error_type values).
 PERMANENT_ERROR_TYPES = frozenset({"invalid_input", "invalid_workflow", "prompt_rejected"})
+# The worker's start fence refused the job (start_task): it belongs to an older claim and
+# ran nothing; its result must never be written back.
+SUPERSEDED_ERROR_TYPE = "superseded"
 # Inline file payloads larger than this are not copied into tasks.result (use uploads).
 MAX_INLINE_RESULT_BYTES = 64 * 1024
 MAX_PROBLEMS_TEXT = 4000  # error_message: every problem, up to this many characters
@@ -69,12 +72,13 @@ def _params_object(task_id: UUID, params: Any) -> dict[str, Any]:
 
 
 def build_job_input(task_id: UUID, task_type: str, params: Any, route: Route,
-                    lookups: Lookups | None = None) -> dict[str, Any]:
+                    lookups: Lookups | None = None, lease_token: UUID | None = None) -> dict[str, Any]:
     """The `input` of the RunPod job for a task; raises InvalidTaskParams when it cannot be built."""
-    return build_job(task_id, task_type, params, route, lookups or Lookups()).input
+    return build_job(task_id, task_type, params, route, lookups or Lookups(), lease_token).input
 
 
-def build_job(task_id: UUID, task_type: str, params: Any, route: Route, lookups: Lookups) -> BuiltJob:
+def build_job(task_id: UUID, task_type: str, params: Any, route: Route, lookups: Lookups,
+              lease_token: UUID | None = None) -> BuiltJob:
     """The RunPod job for a task; InvalidTaskParams lists every problem at once.
 
     Every route: `{"from_task", "output"}` references anywhere in params become the URL of
@@ -85,6 +89,8 @@ def build_job(task_id: UUID, task_type: str, params: Any, route: Route, lookups:
     `inputs`), plus `task_id`, and the route's output delivery (bucket, prefix/<task_id>)
     unless the task names its own.
     passthrough routes: params as they are, plus task_id and task_type.
+    Both carry the claim's `lease_token`: a worker with Supabase credentials passes
+    task_id, lease_token and its job id to start_task() before it runs anything.
     """
     job = dict(_params_object(task_id, params))
     problems: list[str] = []
@@ -108,6 +114,8 @@ def build_job(task_id: UUID, task_type: str, params: Any, route: Route, lookups:
     if problems:
         raise InvalidTaskParams.listing(problems)
     job["task_id"] = str(task_id)
+    if lease_token is not None:
+        job["lease_token"] = str(lease_token)
     size = len(json.dumps({"input": job}).encode())
     if size > MAX_RUN_BODY_BYTES:
         raise InvalidTaskParams(
@@ -192,7 +200,7 @@ class JobBuilder:
         built: list[BuiltJob | InvalidTaskParams] = []
         for task in tasks:
             try:
-                built.append(build_job(task.task_id, task.task_type, task.params, route, lookups))
+                built.append(build_job(task.task_id, task.task_type, task.params, route, lookups, task.lease_token))
             except InvalidTaskParams as exc:
                 built.append(exc)
             except RecursionError:
@@ -225,7 +233,7 @@ def _referenced(params: dict[str, Any]) -> set[UUID]:
 class JobOutcome:
     """What a finished RunPod job means for its task."""
 
-    kind: str  # "complete" | "fail" | "running"
+    kind: str  # "complete" | "fail" | "running" | "superseded"
     output_url: str | None = None
     result: Any = None
     error: str | None = None
@@ -261,33 +269,51 @@ def _slim(value: Any) -> Any:
     return value
 
 
-def _error_text(status: JobStatus) -> str:
-    error = status.error
+def _error_fields(status: JobStatus) -> tuple[str, str | None, Any]:
+    """The failure's sentence, error_type and details, wherever the worker put them.
+
+    A returned {"error", "error_type", "details"} arrives as `error` plus `output`; a raising
+    handler's error is a JSON string (`error_type`, `error_message`); some workers return
+    {"error": "<JSON of the same>"}; all three carry the type that decides on a retry.
+    """
+    output = status.output if isinstance(status.output, dict) else {}
+    error_type, details = output.get("error_type"), output.get("details")
+    error: Any = status.error
     if isinstance(error, str):
-        try:  # a raising handler: the SDK sends a JSON string with error_type / error_message
+        try:
             parsed = json.loads(error)
-            if isinstance(parsed, dict) and parsed.get("error_message"):
-                return f"{parsed.get('error_type', 'error')}: {parsed['error_message']}"
         except json.JSONDecodeError:
-            pass
-        return error
-    if error is not None:
-        return json.dumps(error)[:2000]
-    return f"RunPod job {status.id} ended {status.status}"
+            parsed = None
+        if isinstance(parsed, dict):
+            error = parsed
+    if isinstance(error, dict):
+        error_type = error_type or error.get("error_type")
+        details = details if details is not None else error.get("details")
+        message = error.get("error_message") or error.get("error") or error.get("message")
+        text = str(message) if message else json.dumps(error)[:2000]
+    elif isinstance(error, str):
+        text = error
+    elif error is not None:
+        text = json.dumps(error)[:2000]
+    else:
+        text = f"RunPod job {status.id} ended {status.status}"
+    return text, (str(error_type) if error_type else None), details
 
 
 def interpret_status(status: JobStatus) -> JobOutcome:
-    """Map RunPod's job status onto the task: complete, fail (retryable or not), or running."""
+    """Map RunPod's job status onto the task: complete, fail (retryable or not), running,
+    or superseded (the worker's fence refused it: nothing ran, nothing is written)."""
     if status.status == "COMPLETED":
         output = status.output
         if isinstance(output, dict) and output.get("error"):
             # a handler that returned {"error"} is FAILED on RunPod; be safe if it arrives as output
-            return _failed(status, str(output["error"]), output)
+            return _failed(status, str(output["error"]), output.get("error_type"), output.get("details"), output)
         return JobOutcome("complete", output_url=primary_output_url(output),
                           result=_slim({"output": output, "delayTime": status.delayTime,
                                         "executionTime": status.executionTime, "runpod_job_id": status.id}))
     if status.status == "FAILED":
-        return _failed(status, _error_text(status), status.output)
+        text, error_type, details = _error_fields(status)
+        return _failed(status, text, error_type, details, status.output)
     if status.status == "TIMED_OUT":
         return JobOutcome("fail", error=f"RunPod job {status.id} timed out (executionTimeout)", retryable=True)
     if status.status == "CANCELLED":
@@ -295,9 +321,9 @@ def interpret_status(status: JobStatus) -> JobOutcome:
     return JobOutcome("running", progress=status.output)
 
 
-def _failed(status: JobStatus, message: str, output: Any) -> JobOutcome:
-    error_type = output.get("error_type") if isinstance(output, dict) else None
-    details = output.get("details") if isinstance(output, dict) else None
+def _failed(status: JobStatus, message: str, error_type: str | None, details: Any, output: Any) -> JobOutcome:
+    if error_type == SUPERSEDED_ERROR_TYPE:
+        return JobOutcome("superseded", error=message, retryable=False)
     text = f"{error_type}: {message}" if error_type and not message.startswith(str(error_type)) else message
     if details:
         text = f"{text} | details: {json.dumps(details)[:1500]}"

@@ -14,6 +14,10 @@ from typing import Iterable
 from supabase_sync.store import QueueStat
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Task types no route names get their own series only for the largest few; the rest are
+# summed into OTHER_TYPES, so rows with thousands of odd types cannot flood Prometheus.
+MAX_UNROUTED_TYPE_SERIES = 20
+OTHER_TYPES = "_other"
 
 
 def _labels(**labels: str) -> str:
@@ -51,7 +55,7 @@ class Metrics:
                 if seconds <= bound:
                     self._buckets[i] += 1
 
-    def render(self, queue: Iterable[QueueStat] | None, up: bool = True) -> str:
+    def render(self, queue: Iterable[QueueStat] | None, up: bool = True, routed_types: Iterable[str] = ()) -> str:
         lines = [
             "# HELP supabase_sync_up 1 when the last database query for these metrics worked.",
             "# TYPE supabase_sync_up gauge",
@@ -60,10 +64,10 @@ class Metrics:
             "# TYPE supabase_sync_queue_depth gauge",
         ]
         in_flight: dict[str, int] = defaultdict(int)
-        for stat in queue or []:
-            lines.append(f"supabase_sync_queue_depth{_labels(task_type=stat.task_type, status=stat.status)} {stat.tasks}")
-            if stat.status == "in_progress":
-                in_flight[stat.task_type] += stat.tasks
+        for (task_type, status), tasks in sorted(_bounded(queue or [], set(routed_types)).items()):
+            lines.append(f"supabase_sync_queue_depth{_labels(task_type=task_type, status=status)} {tasks}")
+            if status == "in_progress":
+                in_flight[task_type] += tasks
         lines += ["# HELP supabase_sync_in_flight Tasks claimed or running on RunPod, by task type.",
                   "# TYPE supabase_sync_in_flight gauge"]
         lines += [f"supabase_sync_in_flight{_labels(task_type=t)} {n}" for t, n in sorted(in_flight.items())]
@@ -82,3 +86,18 @@ class Metrics:
             lines.append(f"supabase_sync_dispatch_latency_seconds_sum {self._latency_sum:.6f}")
             lines.append(f"supabase_sync_dispatch_latency_seconds_count {self._latency_count}")
         return "\n".join(lines) + "\n"
+
+
+def _bounded(queue: Iterable[QueueStat], routed: set[str]) -> dict[tuple[str, str], int]:
+    """Depth per (task type, status): routed types and the largest unrouted ones by name,
+    every other type summed into OTHER_TYPES."""
+    stats = list(queue)
+    unrouted: dict[str, int] = defaultdict(int)
+    for stat in stats:
+        if stat.task_type not in routed:
+            unrouted[stat.task_type] += stat.tasks
+    named = routed | set(sorted(unrouted, key=lambda t: (-unrouted[t], t))[:MAX_UNROUTED_TYPE_SERIES])
+    depth: dict[tuple[str, str], int] = defaultdict(int)
+    for stat in stats:
+        depth[(stat.task_type if stat.task_type in named else OTHER_TYPES, stat.status)] += stat.tasks
+    return depth

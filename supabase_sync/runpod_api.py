@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +30,10 @@ class RunPodUnavailable(RunPodError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class SubmissionStopped(RunPodError):
+    """The caller said to stop trying (its claim is gone) before RunPod took the job."""
 
 
 class RunPodRejected(RunPodError):
@@ -90,14 +94,16 @@ class RunPodClient:
         await self._http.aclose()
 
     async def run(self, endpoint_id: str, job_input: Any, webhook: str | None = None,
-                  policy: dict[str, Any] | None = None) -> str:
-        """Submit a job; returns RunPod's job id."""
+                  policy: dict[str, Any] | None = None, keep_trying: Callable[[], bool] | None = None) -> str:
+        """Submit a job; returns RunPod's job id. `keep_trying` is asked before every retry:
+        False ends the call with SubmissionStopped (no request is cut off half-way)."""
         body: dict[str, Any] = {"input": job_input}
         if webhook:
             body["webhook"] = webhook
         if policy:
             body["policy"] = policy
-        response = await self._send("POST", f"/{endpoint_id}/run", json=body, retry_5xx=False)
+        response = await self._send("POST", f"/{endpoint_id}/run", json=body, retry_5xx=False,
+                                    keep_trying=keep_trying)
         data = response.json()
         if not isinstance(data, dict) or not data.get("id"):
             raise RunPodError(f"/run answered without a job id: {str(data)[:200]}")
@@ -121,12 +127,14 @@ class RunPodClient:
         return (await self._send("GET", f"/{endpoint_id}/health")).json()
 
     async def _send(self, method: str, path: str, json: Any = None, retry_5xx: bool = True,
-                    allow_404: bool = False) -> httpx.Response:
+                    allow_404: bool = False, keep_trying: Callable[[], bool] | None = None) -> httpx.Response:
         last = ""
         retry_after: float | None = None
         for attempt in range(self.retry.attempts):
             if attempt:
                 await asyncio.sleep(self.retry.delay(attempt - 1, retry_after))
+                if keep_trying is not None and not keep_trying():
+                    raise SubmissionStopped(f"{method} {path}: stopped after {attempt} tries ({last})")
             try:
                 response = await self._http.request(method, path, json=json)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

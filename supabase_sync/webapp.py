@@ -36,7 +36,7 @@ log = logging.getLogger("supabase_sync.webapp")
 
 
 class TriggerPayload(BaseModel):
-    """What the pg_net trigger (or a Supabase Database Webhook) posts; only used for logs."""
+    """What the pg_net triggers (or a Supabase Database Webhook) post: `type` says what to wake."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -60,7 +60,11 @@ def create_app(dispatcher: Dispatcher, listener: "TaskListener | None" = None) -
         except ValidationError:
             payload = TriggerPayload()
         log.debug("woken by %s for task %s", payload.type, payload.task_id)
-        dispatcher.wake()
+        kind = (payload.type or "").upper()
+        if kind != "CANCEL":
+            dispatcher.wake()  # INSERT, or a body this hook does not know: a round
+        if kind != "INSERT":
+            dispatcher.wake_cancels()  # a cancelled task's RunPod job (0092), or a body this hook does not know
         return JSONResponse({"woken": True})
 
     async def runpod_hook(request: Request) -> Response:
@@ -107,7 +111,7 @@ def create_app(dispatcher: Dispatcher, listener: "TaskListener | None" = None) -
         except Exception as exc:  # still serve the process counters
             log.warning("queue_stats failed: %s", exc)
             up = False
-        text = dispatcher.metrics.render(queue, up)
+        text = dispatcher.metrics.render(queue, up, settings.routing.task_types)
         # scaler (issue 6): the scaler's latest decision per endpoint (supabase_sync/scaler/metrics.py)
         try:
             text += await scaler_metrics_text(dispatcher.store.client)

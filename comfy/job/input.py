@@ -49,6 +49,10 @@ class JobInput(BaseModel):
     task_id: str | None = Field(
         default=None, max_length=200, description="the Supabase task this job runs (set by the dispatcher; for heartbeats and logs)"
     )
+    lease_token: str | None = Field(
+        default=None, max_length=200,
+        description="the dispatcher's claim on that task; handler.py's start fence checks it before the job runs",
+    )
 
     @field_validator("task_id")
     @classmethod

@@ -20,12 +20,13 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
+
+from comfy.worker.supabase_rpc import CALL_TIMEOUT_S, SupabaseRpc
 
 log = logging.getLogger("comfy.worker.heartbeat")
 
 DEFAULT_INTERVAL_S = 15.0
-CALL_TIMEOUT_S = 5.0
 
 
 class WorkerHeartbeat:
@@ -34,18 +35,17 @@ class WorkerHeartbeat:
     def __init__(self, worker_id: str, supabase_url: str | None, service_role_key: str | None,
                  interval_s: float = DEFAULT_INTERVAL_S, metadata: dict[str, Any] | None = None) -> None:
         self.worker_id = worker_id
-        self.enabled = bool(supabase_url and service_role_key)
+        self._rpc = SupabaseRpc(supabase_url, service_role_key)
+        self.enabled = self._rpc.enabled
         self.interval_s = interval_s
         self.metadata = metadata or {"kind": "comfy-worker"}
         self.beats = 0  # successful calls, for tests and logs
         self.failures = 0
-        self._url, self._key = supabase_url, service_role_key
         self._lock = threading.Lock()
         self._current: str | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._call: Callable[[str, str | None], None] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerHeartbeat":
@@ -85,28 +85,14 @@ class WorkerHeartbeat:
 
     # --- background thread ----------------------------------------------------------------
 
-    def _connect(self) -> Callable[[str, str | None], None]:
-        import httpx
-        from supabase import ClientOptions, create_client
-
-        http = httpx.Client(timeout=CALL_TIMEOUT_S)
-        client = create_client(self._url, self._key, options=ClientOptions(httpx_client=http))
-
-        def call(status: str, task_id: str | None) -> None:
-            client.rpc("heartbeat", {"p_worker_id": self.worker_id, "p_status": status,
-                                     "p_current_task_id": task_id, "p_metadata": self.metadata}).execute()
-
-        return call
-
     def _beat(self, status: str) -> None:
         with self._lock:
             task_id = self._current
         if status == "active":
             status = "busy" if task_id else "idle"
         try:
-            if self._call is None:
-                self._call = self._connect()
-            self._call(status, task_id)
+            self._rpc.call("heartbeat", {"p_worker_id": self.worker_id, "p_status": status,
+                                         "p_current_task_id": task_id, "p_metadata": self.metadata})
             self.beats += 1
         except Exception as exc:  # never let monitoring hurt the work
             self.failures += 1

@@ -7,8 +7,14 @@ shared/notes/runpod.md:
                                         404 once the result expired (ttl / retention)
     POST /v2/{endpoint}/cancel/{id}
     GET  /v2/{endpoint}/health
-  Bearer API key required; 429 injected on demand; webhook POSTed when a job ends
-  COMPLETED or FAILED (the /status body plus `input`), retried 2 more times on non-200.
+  Bearer API key required; webhook POSTed when a job ends COMPLETED or FAILED (the
+  /status body plus `input`), retried 2 more times on non-200.
+
+Faults, injected on demand (test controls below): 429 on /run (the next N calls, or the
+calls of one task, with Retry-After); random 429, 500 before making the job, and 500
+AFTER making it (RunPod took the job but the caller cannot know: the dangerous case);
+/run answers held back after the job was made (a fast job can finish first); webhooks
+lost entirely (a share of them, never delivered).
 
 Worker protocol (what the runpod SDK inside handler.py calls), per endpoint:
     GET  /{endpoint}/job-take/{worker}?...&job_in_progress=0|1  -> 200 job JSON | 204 (long poll)
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 import uuid
@@ -102,6 +109,12 @@ class RunPodEmulator:
         self.requests: dict[str, int] = {}  # "POST /run" -> count, for assertions
         self.job_take_calls: list[tuple[str, float]] = []  # (worker id, wall-clock time) of each job-take request
         self._throttle_runs = 0  # answer this many /run calls with 429
+        self._task_throttles: dict[str, tuple[int, float]] = {}  # task id -> (429s left, Retry-After s)
+        self._run_faults = (0.0, 0.0, 0.0)  # rates: 429, 500 before the job is made, 500 after
+        self._webhook_loss = 0.0
+        self._rng = random.Random(0)
+        self.faults: dict[str, int] = {}  # fault -> how many were injected
+        self._answer_gate: threading.Event | None = None  # set while /run answers are held (job made)
         self._throttle_status = 0
         self._run_gate: threading.Event | None = None  # set while /run calls are held
         self._held_runs = 0
@@ -213,6 +226,19 @@ class RunPodEmulator:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         if not isinstance(body, dict) or "input" not in body:
             return JSONResponse({"error": "body needs an 'input'"}, status_code=400)
+        task_id = body["input"].get("task_id") if isinstance(body["input"], dict) else None
+        with self.lock:
+            left, retry_after = self._task_throttles.get(task_id, (0, 0.0))
+            if left > 0:
+                self._task_throttles[task_id] = (left - 1, retry_after)
+                self._fault("task_429")
+                return JSONResponse({"error": "Too many requests"}, status_code=429,
+                                    headers={"Retry-After": f"{retry_after:g}"})
+            fault = self._draw_run_fault()
+        if fault == "429":
+            return JSONResponse({"error": "Too many requests"}, status_code=429, headers={"Retry-After": "0"})
+        if fault == "500_before":
+            return JSONResponse({"error": "internal error"}, status_code=500)
         if gate is not None:
             # Held: the client is waiting for an answer; if the gate is dropped, no job is made.
             with self.lock:
@@ -231,7 +257,26 @@ class RunPodEmulator:
         with self.lock:
             self.jobs[job.id] = job
             self.submissions.append(job)
+            answers = self._answer_gate
+        if fault == "500_after":
+            return JSONResponse({"error": "internal error"}, status_code=500)
+        if answers is not None:
+            while not answers.is_set():
+                await asyncio.sleep(0.01)
         return JSONResponse({"id": job.id, "status": QUEUED})
+
+    def _fault(self, name: str) -> None:
+        self.faults[name] = self.faults.get(name, 0) + 1
+
+    def _draw_run_fault(self) -> str | None:
+        rate_429, rate_before, rate_after = self._run_faults
+        draw = self._rng.random()
+        for name, rate in (("429", rate_429), ("500_before", rate_before), ("500_after", rate_after)):
+            if draw < rate:
+                self._fault(name)
+                return name
+            draw -= rate
+        return None
 
     def _job(self, request: Request) -> EmulatedJob | None:
         with self.lock:
@@ -360,6 +405,34 @@ class RunPodEmulator:
         with self.lock:
             self._throttle_runs = count
 
+    def throttle_task(self, task_id: str, count: int, retry_after_s: float) -> None:
+        """Answer the next `count` /run calls for this task with 429 and Retry-After."""
+        with self.lock:
+            self._task_throttles[task_id] = (count, retry_after_s)
+
+    def inject_run_faults(self, rate_429: float = 0.0, rate_500_before: float = 0.0, rate_500_after: float = 0.0,
+                          seed: int = 0) -> None:
+        """From now on answer a share of /run calls 429, 500 without a job, or 500 with the job made."""
+        with self.lock:
+            self._run_faults = (rate_429, rate_500_before, rate_500_after)
+            self._rng = random.Random(seed)
+
+    def lose_webhooks(self, rate: float) -> None:
+        """Never deliver this share of webhooks (no attempt at all)."""
+        with self.lock:
+            self._webhook_loss = rate
+
+    def hold_run_answers(self) -> None:
+        """Make the jobs of /run calls at once, but keep their answers back until release_run_answers()."""
+        with self.lock:
+            self._answer_gate = threading.Event()
+
+    def release_run_answers(self) -> None:
+        with self.lock:
+            gate, self._answer_gate = self._answer_gate, None
+        if gate is not None:
+            gate.set()
+
     def throttle_status(self, count: int) -> None:
         with self.lock:
             self._throttle_status = count
@@ -402,6 +475,9 @@ class RunPodEmulator:
             job.finished_at = time.monotonic()
             body = dict(job.status_body(), input=job.input)
             webhook = job.webhook
+            if webhook and self._webhook_loss and self._rng.random() < self._webhook_loss:
+                self._fault("webhook_lost")
+                webhook = None
         if webhook and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._deliver(job_id, webhook, body), self._loop)
 
@@ -453,14 +529,17 @@ class ScriptedWorker:
 
     `run(job_input, report_progress)` returns the handler's result dict: `{"error": ...}`
     makes the job FAILED, anything else is the output. Stands in for handler.py where the
-    test is about the dispatcher, not ComfyUI.
+    test is about the dispatcher, not ComfyUI. `before_run(job_input, job_id)`, if given, is
+    asked first, as handler.py asks its start fence: a dict it returns is the result and
+    `run` is not called.
     """
 
     def __init__(self, emulator: RunPodEmulator, endpoint_id: str,
                  run: Callable[[Any, Callable[[Any], None]], Any], worker_id: str = "scripted-worker",
-                 concurrency: int = 4) -> None:
+                 concurrency: int = 4, before_run: Callable[[Any, str], Any] | None = None) -> None:
         self.emulator, self.endpoint_id, self.fn, self.worker_id = emulator, endpoint_id, run, worker_id
         self.concurrency = concurrency
+        self.before_run = before_run
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.handled: list[str] = []
@@ -481,7 +560,10 @@ class ScriptedWorker:
         base = f"{self.emulator.url}/{self.endpoint_id}"
         with httpx.Client(timeout=10.0) as http:
             while not self._stop.is_set():
-                response = http.get(f"{base}/job-take/{self.worker_id}?gpu=x&job_in_progress=0")
+                try:
+                    response = http.get(f"{base}/job-take/{self.worker_id}?gpu=x&job_in_progress=0")
+                except httpx.HTTPError:
+                    continue
                 if response.status_code != 200:
                     continue
                 job = response.json()
@@ -491,7 +573,8 @@ class ScriptedWorker:
                     http.post(url, content=json.dumps({"status": RUNNING, "output": progress}))
 
                 try:
-                    result = self.fn(job["input"], report)
+                    refused = self.before_run(job["input"], job["id"]) if self.before_run else None
+                    result = refused if refused is not None else self.fn(job["input"], report)
                 except Exception as exc:  # a raising handler: the SDK reports the error text
                     result = {"error": f"{type(exc).__name__}: {exc}"}
                 if isinstance(result, dict) and "error" in result:

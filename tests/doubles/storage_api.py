@@ -20,8 +20,11 @@ Follows ../shared/notes/supabase.md and storage3 2.34's requests:
   `HEAD <Location>` -> 200 with `Upload-Offset`, `Upload-Length`, `Cache-Control: no-store`.
   The object exists once the last byte arrives. Tests can cut a PATCH's connection midway
   (`cut_patch_calls`), keeping the bytes received before the cut as tus servers do.
-Every call must carry `apikey` and `Authorization: Bearer <service key>`. Errors use
-Storage's body `{"statusCode": "...", "error": "...", "message": "..."}`.
+Every call must carry `apikey` and `Authorization: Bearer <service key>`. Errors are answered
+the way the real server answers them (checked against a real Storage server): HTTP 400 for
+every error but an internal one (500), with the real code in the body's `statusCode`:
+`{"statusCode": "404", "error": "not_found", "message": ...}`; clients read the body's code.
+The resumable (TUS) routes answer with the tus protocol's own statuses (above), as tus servers do.
 
 Objects uploaded through Storage's S3 endpoint (moto in the tests) are found through
 `external_lookup(bucket, path) -> bytes | None`, as the real service shares one store.
@@ -129,8 +132,9 @@ class _StorageHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: object) -> None:
         self._send(status, json.dumps(payload).encode())
 
-    def _error(self, http_status: int, error: str, message: str) -> None:
-        self._json(http_status, {"statusCode": str(http_status), "error": error, "message": message})
+    def _error(self, code: int, error: str, message: str) -> None:
+        # storage-api renders its errors with HTTP 400 unless the code is 500
+        self._json(500 if code == 500 else 400, {"statusCode": str(code), "error": error, "message": message})
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -185,7 +189,7 @@ class _StorageHandler(BaseHTTPRequestHandler):
         upsert = self.headers.get("x-upsert") == "true"
         with state.lock:
             if (bucket, path) in state.objects and not upsert:
-                self._error(400, "Duplicate", "The resource already exists")
+                self._error(409, "Duplicate", "The resource already exists")
                 return
             state.objects[(bucket, path)] = StoredObject(file_part.get_payload(decode=True), file_part.get_content_type())
         self._json(200, {"Key": f"{bucket}/{path}", "Id": secrets.token_hex(8)})

@@ -127,18 +127,22 @@ class DispatcherProcess:
     """`python -m supabase_sync` as a child process (to SIGKILL it at chosen moments).
 
     `release`: a folder (or zip) holding another release's supabase_sync, run instead of this one;
-    `command`: the whole command line, instead of `python -m supabase_sync`."""
+    `command`: the whole command line, instead of `python -m supabase_sync`;
+    `cwd`: where it runs (another checkout's supabase_sync, a benchmark's baseline)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, release: Path | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, cwd: Path = ROOT) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.command = command or release_command(release)
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "DispatcherProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        """Start it; with wait, until its /health answers 200."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
         if wait:
             self.wait_healthy()
         return self
@@ -157,6 +161,10 @@ class DispatcherProcess:
 
         wait_for_sync(healthy, 30, what="the dispatcher's /health")
         return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, like a crashed container."""

@@ -237,3 +237,58 @@ def test_on_a_passthrough_route_template_is_left_alone_but_output_references_are
     assert job["template"] == "wan_i2v" and job["args"] == {"image": "https://cdn.test/v.mp4"}
     with pytest.raises(InvalidTaskParams, match=f"params.args.image: task {dep} does not exist"):
         build_job_input(task, "vace", params, route)
+
+
+@pytest.mark.parametrize("error", [
+    json.dumps({"error_type": "invalid_input", "error_message": "workflow.1: class_type is missing"}),
+    json.dumps({"error": "workflow.1: class_type is missing", "error_type": "invalid_input"}),
+    {"error_type": "invalid_input", "error_message": "workflow.1: class_type is missing"},
+])
+def test_a_permanent_error_given_as_json_in_the_jobs_error_is_read_as_permanent(error):
+    outcome = interpret_status(JobStatus(id="j", status="FAILED", error=error))
+    assert (outcome.kind, outcome.retryable) == ("fail", False)
+    assert outcome.error == "invalid_input: workflow.1: class_type is missing"
+
+
+def test_a_superseded_job_is_never_written_back():
+    outcome = interpret_status(JobStatus(id="j", status="FAILED", error="job j no longer holds task t: the task is "
+                                         "complete; nothing was run", output={"error_type": "superseded"}))
+    assert outcome.kind == "superseded" and not outcome.retryable
+
+
+def test_job_input_carries_the_claims_lease_token_for_the_workers_fence():
+    lease = uuid.uuid4()
+    comfy = build_job_input(TASK, "comfy", {"workflow": {"1": {"class_type": "X"}}},
+                            Route(endpoint_id="e", task_types=["comfy"]), lease_token=lease)
+    wan = build_job_input(TASK, "vace", {"prompt": "p"}, Route(endpoint_id="e", task_types=["vace"]), lease_token=lease)
+    assert comfy["lease_token"] == wan["lease_token"] == str(lease)
+    assert comfy["task_id"] == wan["task_id"] == str(TASK)
+
+
+def test_a_claim_batch_above_supabases_max_rows_is_refused(capsys, monkeypatch):
+    with pytest.raises(ConfigError, match=r"CLAIM_BATCH=1500 is above SUPABASE_MAX_ROWS=1000 .*'Max rows'"):
+        Settings.from_env({**BASE_ENV, "CLAIM_BATCH": "1500"})
+    with pytest.raises(ConfigError, match="CLAIM_BATCH=200 is above SUPABASE_MAX_ROWS=100"):
+        Settings.from_env({**BASE_ENV, "CLAIM_BATCH": "200", "SUPABASE_MAX_ROWS": "100"})
+    assert Settings.from_env({**BASE_ENV, "CLAIM_BATCH": "2000", "SUPABASE_MAX_ROWS": "5000"}).claim_batch == 2000
+    for key, value in {**BASE_ENV, "CLAIM_BATCH": "1001"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["check-config"]) == 2
+    assert "CLAIM_BATCH=1001 is above SUPABASE_MAX_ROWS=1000" in capsys.readouterr().err
+
+
+def test_metrics_name_at_most_a_few_unrouted_task_types():
+    from supabase_sync.metrics import MAX_UNROUTED_TYPE_SERIES, OTHER_TYPES, Metrics
+    from supabase_sync.store import QueueStat
+
+    stats = [QueueStat(task_type=f"odd-{n}", status="queued", tasks=1 + n % 7, oldest_created_at=None)
+             for n in range(3000)]
+    stats += [QueueStat(task_type="comfy", status="queued", tasks=5, oldest_created_at=None),
+              QueueStat(task_type="comfy", status="in_progress", tasks=2, oldest_created_at=None)]
+    text = Metrics().render(stats, routed_types=["comfy", "vace"])
+    depth = [line for line in text.splitlines() if line.startswith("supabase_sync_queue_depth{")]
+    assert len(depth) == 2 + MAX_UNROUTED_TYPE_SERIES + 1
+    assert 'supabase_sync_queue_depth{status="queued",task_type="comfy"} 5' in depth
+    total = sum(int(line.rsplit(" ", 1)[1]) for line in depth)
+    assert total == sum(s.tasks for s in stats)  # nothing dropped: the rest is summed
+    assert any(f'task_type="{OTHER_TYPES}"' in line for line in depth)

@@ -41,7 +41,9 @@ def test_killed_after_claim_before_submit_the_task_is_claimed_again_and_submitte
         second.terminate()
     assert len(emulator.submissions_for(task_id)) == 1
     row = db.task(task_id)
-    assert row["attempts"] == 2 and row["claimed_by"] == "d-second" and row["output_url"] == "https://cdn.test/out.png"
+    assert row["claimed_by"] == "d-second" and row["output_url"] == "https://cdn.test/out.png"
+    # the killed dispatcher's claim did not spend the task's attempts: it counts as a lost claim
+    assert row["attempts"] == 1 and row["lost_claims"] == 1
 
 
 def test_killed_after_submit_the_restarted_dispatcher_follows_the_job_instead_of_resubmitting(db, emulator, tmp_path):

@@ -375,7 +375,8 @@ def test_routes_send_each_task_type_to_its_endpoint_and_unknown_types_fail_when_
     assert emulator.submissions_for(comfy)[0].endpoint_id == "ep-comfy"
     [wan] = emulator.submissions_for(vace)
     assert wan.endpoint_id == "ep-wan"
-    assert wan.input == {"prompt": "a cat", "frames": 16, "task_type": "vace", "task_id": vace}
+    lease = str(db.task(vace)["lease_token"])
+    assert wan.input == {"prompt": "a cat", "frames": 16, "task_type": "vace", "task_id": vace, "lease_token": lease}
     assert "no RunPod endpoint is configured for task_type 'mystery'" in db.task(mystery)["error_message"]
 
 
@@ -402,7 +403,12 @@ def test_health_metrics_and_the_dispatchers_own_heartbeat(db, emulator):
             async with httpx.AsyncClient() as http:
                 health = await http.get(f"{base}/health")
                 assert health.status_code == 200 and health.json()["dispatcher_id"] == settings.dispatcher_id
-                return (await http.get(f"{base}/metrics")).text
+                for _ in range(100):  # counted once the job id is recorded, a moment after /run answered
+                    text = (await http.get(f"{base}/metrics")).text
+                    if 'outcome="submitted"' in text:
+                        break
+                    await asyncio.sleep(0.05)
+                return text
 
     text = asyncio.run(scenario())
     assert 'supabase_sync_queue_depth{status="queued",task_type="vace"} 1' in text

@@ -107,6 +107,8 @@ def test_a_seed_task_runs_on_the_real_handler_and_comfyui(db, emulator, s3_serve
     [image] = [o for o in output["outputs"] if o["node_id"] == "3"]
     assert image["filename"].startswith("out") and image["content_type"] == "image/png"
     assert row["runpod_job_id"] == job.id
+    # the worker passed the start fence (start_task) with the claim the job input carried
+    assert job.input["lease_token"] == str(row["lease_token"]) and row["worker_started_at"] is not None
     # output_url is the primary output's URL, and it serves the stored PNG
     assert row["output_url"] == image["url"]
     stored = httpx.get(row["output_url"], timeout=10)

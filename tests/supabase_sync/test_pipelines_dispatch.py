@@ -118,7 +118,8 @@ def test_a_reference_added_to_params_after_insert_is_refused_because_it_is_no_de
 def test_metrics_show_waiting_tasks_apart_from_the_runnable_queue(db, emulator):
     import httpx
 
-    blocker = db.insert_task("comfy", RAW, status="in_progress")
+    # in flight under a live claim (a claim without a lease expiry would be recovered at once: 0090)
+    blocker = db.insert_task("comfy", RAW, status="in_progress", lease_expires_at="2999-01-01")
     db.insert_task("comfy", RAW, depends_on=[blocker])
     settings = make_settings(db, emulator)
 

@@ -167,8 +167,10 @@ def test_expired_claims_without_a_job_are_requeued_and_those_with_a_job_are_poll
         [{"task_id": submitted, "lease_token": str(rows[submitted]["lease_token"]), "runpod_job_id": "job-s"}]),))
     db.sql("select pg_sleep(0.05)")
     requeued = db.sql("select * from requeue_expired_leases()")
-    assert [(str(r["task_id"]), r["outcome"]) for r in requeued] == [(lost, "queued")]
-    assert "stopped before submitting" in db.task(lost)["error_message"]
+    assert [(str(r["task_id"]), r["outcome"], r["claimed_by"]) for r in requeued] == [(lost, "queued", "d1")]
+    row = db.task(lost)
+    assert "claim of dispatcher d1 expired before a RunPod job was recorded" in row["error_message"]
+    assert row["attempts"] == 0 and row["lost_claims"] == 1  # the attempt is given back
     due = db.sql("select * from take_due_polls('d2', 10, 30)")
     assert [str(r["task_id"]) for r in due] == [submitted] and due[0]["runpod_job_id"] == "job-s"
     assert db.sql("select * from take_due_polls('d3', 10, 30)") == []  # pushed out, not handed twice
@@ -176,12 +178,17 @@ def test_expired_claims_without_a_job_are_requeued_and_those_with_a_job_are_poll
     assert db.sql("select record_progress(%s, %s, '{}') o", (lost, rows[lost]["lease_token"]))[0]["o"] == "stale"
 
 
-def test_a_task_that_keeps_losing_its_claim_ends_failed(db):
-    task_id = db.insert_task(max_attempts=1)
-    claim(db, lease_s=0.01)
-    db.sql("select pg_sleep(0.05)")
-    assert db.sql("select * from requeue_expired_leases()")[0]["outcome"] == "failed"
-    assert "gave up after 1 attempts" in db.task(task_id)["error_message"]
+def test_a_task_that_keeps_losing_its_claim_ends_failed_without_spending_attempts(db):
+    task_id = db.insert_task(max_attempts=1, max_lost_claims=3)
+    for lost in range(1, 4):
+        assert len(claim(db, lease_s=0.01)) == 1
+        db.sql("select pg_sleep(0.02)")
+        [row] = db.sql("select * from requeue_expired_leases()")
+        assert row["outcome"] == ("failed" if lost == 3 else "queued")
+        assert db.task(task_id)["attempts"] == 0
+    row = db.task(task_id)
+    assert row["status"] == "failed" and row["lost_claims"] == 3 and row["completed_at"] is not None
+    assert row["error_message"].startswith("gave up: the task's claim was lost 3 times (max_lost_claims)")
 
 
 def test_cancel_and_pending_runpod_cancels(db):

@@ -36,7 +36,7 @@ def test_a_template_task_is_rendered_and_the_worker_gets_a_plain_workflow_and_in
 
     dispatch_until(settings, lambda: status_of(db, task_id) == "complete", "complete", worker)
     [job] = emulator.submissions_for(task_id)
-    assert set(job.input) == {"workflow", "inputs", "timeout_s", "task_id"}
+    assert set(job.input) == {"workflow", "inputs", "timeout_s", "task_id", "lease_token"}
     assert job.input["workflow"]["2"] == {"class_type": "ImageScaleBy",
                                           "inputs": {"image": ["1", 0], "upscale_method": "lanczos", "scale_by": 3.0}}
     assert job.input["inputs"] == [{"node": "1", "field": "image", "url": "https://cdn.test/cat.png", "kind": "image"}]
