@@ -52,7 +52,7 @@ PARAMS = json.dumps({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"
                                   "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}})
 TRIGGER_FILE = "0003_trigger_pg_net.sql"
 # RPCs made by time (every POLL_INTERVAL or HEARTBEAT_INTERVAL), not by task
-PERIODIC = frozenset({"quarantine_malformed_tasks", "requeue_expired_leases", "take_due_polls", "take_pending_cancels",
+PERIODIC = frozenset({"quarantine_malformed_tasks", "requeue_expired_leases", "requeue_lost_claims", "take_due_polls", "take_pending_cancels",
                       "fail_unroutable", "heartbeat"})
 
 

@@ -174,7 +174,7 @@ class Dispatcher:
 
     async def requeue_expired(self) -> int:
         """Claims that expired before a RunPod job was recorded: their dispatcher stopped."""
-        rows = await self.store.requeue_expired_leases(self._limit(1000))
+        rows = await self.store.requeue_lost_claims(self._limit(1000))
         if rows:
             requeued = sum(1 for r in rows if r.outcome == "queued")
             by = ", ".join(f"{who or 'unknown'} ({n})" for who, n in Counter(r.claimed_by for r in rows).most_common())

@@ -206,8 +206,8 @@ class TaskStore:
         rows = await self._rpc("extend_leases", {"p_leases": payload, "p_lease_s": lease_s})
         return _rows(LeaseOutcome, rows, "extend_leases")
 
-    async def requeue_expired_leases(self, limit: int = 1000) -> Rows[RequeueOutcome]:
-        return _rows(RequeueOutcome, await self._rpc("requeue_expired_leases", {"p_limit": limit}), "requeue_expired_leases")
+    async def requeue_lost_claims(self, limit: int = 1000) -> Rows[RequeueOutcome]:
+        return _rows(RequeueOutcome, await self._rpc("requeue_lost_claims", {"p_limit": limit}), "requeue_lost_claims")
 
     async def take_due_polls(self, dispatcher: str, limit: int, recheck_s: float) -> Rows[DuePoll]:
         rows = await self._rpc("take_due_polls", {"p_dispatcher": dispatcher, "p_limit": limit, "p_recheck_s": recheck_s})

@@ -19,9 +19,9 @@
 --
 -- Safe on a live database with dispatchers of the previous release still running (a pre
 -- migration): columns are only added, with defaults; every function keeps its name,
--- arguments and result columns, except requeue_expired_leases, which gains a result column
--- (older callers ignore it) and is swapped (drop and create) in this file's transaction,
--- so no caller sees it missing and PostgREST never sees two overloads (PGRST203).
+-- arguments and result columns (requeue_expired_leases, whose answer gains a column, keeps
+-- its own and calls the new requeue_lost_claims), so PostgREST never sees two overloads
+-- (PGRST203) and every earlier file can be run again after this one.
 -- One transaction (migrate wraps it); every statement may be run again.
 
 -- Constant defaults: no rewrite, only the catalog changes (PostgreSQL 11+).
@@ -277,8 +277,7 @@ $$;
 -- dispatchers still ends. A row without lease_expires_at counts as expired. Tasks with a
 -- RunPod job are never requeued here: they are followed (take_due_polls).
 -- Returns the old claimer too, so the dispatcher's log can say whose claims were lost.
-drop function if exists public.requeue_expired_leases(integer);
-create function public.requeue_expired_leases(p_limit integer default 1000)
+create or replace function public.requeue_lost_claims(p_limit integer default 1000)
 returns table (task_id uuid, outcome text, claimed_by text)
 language plpgsql
 set search_path = public
@@ -317,6 +316,18 @@ begin
     where t.task_id = expired.task_id
     returning t.task_id, t.status, expired.old_claimer;
 end
+$$;
+
+-- 0002's name and result columns, for dispatchers of the previous release (same signature,
+-- so it is replaced in place: a changed result would need a drop, and 0002 run again on
+-- such a database would then fail). Same semantics as requeue_lost_claims(); a post
+-- migration may drop it once no dispatcher older than this release runs.
+create or replace function public.requeue_expired_leases(p_limit integer default 1000)
+returns table (task_id uuid, outcome text)
+language sql
+set search_path = public
+as $$
+    select r.task_id, r.outcome from public.requeue_lost_claims(p_limit) r
 $$;
 
 -- In-flight tasks whose status check is due (same contract as 0002); a row without
@@ -533,7 +544,8 @@ begin
         where p.pronamespace = 'public'::regnamespace
           and p.proname in ('claim_tasks', 'attach_runpod_jobs', 'start_task', 'extend_leases',
                             'take_due_polls', 'quarantine_malformed_tasks', 'quarantine_task',
-                            'take_pending_cancels', 'queue_stats', 'requeue_expired_leases')
+                            'take_pending_cancels', 'queue_stats', 'requeue_expired_leases',
+                            'requeue_lost_claims')
     loop
         execute format('revoke all on function %s from public', f);
         foreach r in array array['anon', 'authenticated'] loop

@@ -17,7 +17,7 @@ def migration_files(include_trigger: bool = False) -> list[Path]:
 
 
 def optional_migrations() -> list[Migration]:
-    """The optional migrations (today: 0003, the pg_net trigger)."""
+    """The optional migrations (today: 0003 and 0092, the pg_net triggers)."""
     return [m for m in discover() if m.optional]
 
 

@@ -157,4 +157,3 @@ def test_a_finished_task_updated_to_cancelled_gets_no_cancel_bookkeeping_and_no_
         heard = [n.payload for n in listener.notifies(timeout=0.5)]
     row = db.task(task_id)
     assert heard == [] and row["error_message"] is None and row["completed_at"].year == 2000
-    assert db.sql("select * from take_pending_cancels(10, 30)") == []  # a finished job is not cancelled

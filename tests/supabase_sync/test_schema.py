@@ -166,7 +166,7 @@ def test_expired_claims_without_a_job_are_requeued_and_those_with_a_job_are_poll
     db.sql("select * from attach_runpod_jobs(%s, 0)", (json.dumps(
         [{"task_id": submitted, "lease_token": str(rows[submitted]["lease_token"]), "runpod_job_id": "job-s"}]),))
     db.sql("select pg_sleep(0.05)")
-    requeued = db.sql("select * from requeue_expired_leases()")
+    requeued = db.sql("select * from requeue_lost_claims()")
     assert [(str(r["task_id"]), r["outcome"], r["claimed_by"]) for r in requeued] == [(lost, "queued", "d1")]
     row = db.task(lost)
     assert "claim of dispatcher d1 expired before a RunPod job was recorded" in row["error_message"]
@@ -183,7 +183,7 @@ def test_a_task_that_keeps_losing_its_claim_ends_failed_without_spending_attempt
     for lost in range(1, 4):
         assert len(claim(db, lease_s=0.01)) == 1
         db.sql("select pg_sleep(0.02)")
-        [row] = db.sql("select * from requeue_expired_leases()")
+        [row] = db.sql("select * from requeue_lost_claims()")
         assert row["outcome"] == ("failed" if lost == 3 else "queued")
         assert db.task(task_id)["attempts"] == 0
     row = db.task(task_id)

@@ -19,7 +19,7 @@ def test_the_package_migrations_are_found_by_pattern_in_version_order():
     assert {"0001", "0002", "0003", "0050", "0060"} <= set(versions)
     assert all(path.name.endswith(".sql") for path in MIGRATIONS_DIR.iterdir() if path.is_file())
     assert {m.name for m in found} == {p.name for p in MIGRATIONS_DIR.glob("*.sql")}  # none left out
-    assert [m.name for m in found if m.optional] == ["0003_trigger_pg_net.sql"]
+    assert [m.name for m in found if m.optional] == ["0003_trigger_pg_net.sql", "0092_trigger_pg_net_cancel.sql"]
     assert "0003_trigger_pg_net.sql" not in [m.name for m in select(found)]
     assert newest_version(found) == versions[-1]
 
@@ -52,7 +52,7 @@ def test_phase_comes_from_the_name_and_optional_from_the_first_line(tmp_path):
 
 
 def test_asking_for_an_optional_migration_that_does_not_exist_is_named():
-    with pytest.raises(CatalogError, match=r"no migration 0004 \(optional ones: 0003_trigger_pg_net.sql\)"):
+    with pytest.raises(CatalogError, match=r"no migration 0004 \(optional ones: 0003_trigger_pg_net.sql, 0092_trigger_pg_net_cancel.sql\)"):
         select(discover(), ["0004"])
     assert "0003_trigger_pg_net.sql" in [m.name for m in select(discover(), ["0003"])]
 

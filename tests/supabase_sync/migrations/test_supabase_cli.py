@@ -19,7 +19,7 @@ def test_the_repositorys_supabase_layout_is_identical_to_the_package_migrations(
     assert done.returncode == 0, done.stderr
     required = sorted(p.name.split("_", 1)[1] for p in (ROOT / "supabase" / "migrations").glob("*.sql"))
     assert required == [m.name for m in discover() if not m.optional]
-    assert [p.name.split("_", 1)[1] for p in (ROOT / "supabase" / "optional-migrations").glob("*.sql")] == \
+    assert sorted(p.name.split("_", 1)[1] for p in (ROOT / "supabase" / "optional-migrations").glob("*.sql")) == \
         [m.name for m in discover() if m.optional]
 
 
