@@ -19,8 +19,19 @@ from supabase_sync.templates import Found, TemplateCatalog, TemplateError, rende
 log = logging.getLogger("supabase_sync.jobs")
 
 MAX_RUN_BODY_BYTES = 10 * 1024 * 1024  # RunPod's /run limit
-# Worker errors that another attempt cannot fix (comfy/errors.py error_type values).
-PERMANENT_ERROR_TYPES = frozenset({"invalid_input", "invalid_workflow", "prompt_rejected"})
+# Worker errors that another attempt cannot fix: the same input fails the same way on any
+# worker (error_type values of comfy/errors.py, comfy/media/, comfy/models/cache.py). The
+# others (a download that failed, ComfyUI down, a full or busy model cache, a timeout, an
+# execution error) may pass on another try or another worker, and are retried.
+PERMANENT_ERROR_TYPES = frozenset({
+    "invalid_input", "invalid_workflow", "prompt_rejected",
+    "input_too_large",        # over the worker's MAX_INPUT_BYTES
+    "input_url_refused",      # not http(s), or a private, loopback or metadata address
+    "model_url_refused",      # the same, for a model URL
+    "model_sha256_mismatch",  # the file at the URL is not the one the job names
+    "output_too_large",       # the same workflow makes the same outputs, over RESULT_MAX_BYTES
+    "superseded",             # the fence refused it (read apart, below: never written back)
+})
 # The worker's start fence refused the job (start_task): it belongs to an older claim and
 # ran nothing; its result must never be written back.
 SUPERSEDED_ERROR_TYPE = "superseded"

@@ -250,6 +250,47 @@ def test_a_permanent_error_given_as_json_in_the_jobs_error_is_read_as_permanent(
     assert outcome.error == "invalid_input: workflow.1: class_type is missing"
 
 
+PERMANENT = ["invalid_input", "invalid_workflow", "prompt_rejected", "input_too_large", "input_url_refused",
+             "model_url_refused", "model_sha256_mismatch", "output_too_large"]
+RETRYABLE = ["job_error", "execution_error", "interrupted", "timeout", "cancelled", "comfy_unavailable",
+             "input_write_failed", "output_error", "input_download", "model_download", "model_cache_full",
+             "model_cache_unavailable", "model_conflict", "invalid_settings"]  # the worker's settings: another may work
+
+
+def _worker_error_types() -> set[str]:
+    """Every error_type the worker can end a job with (each JobError subclass it defines)."""
+    import comfy.media.downloads  # noqa: F401  (each module defines its own errors)
+    import comfy.media.settings  # noqa: F401
+    import comfy.media.url_safety  # noqa: F401
+    import comfy.models.cache  # noqa: F401
+    import comfy.models.settings  # noqa: F401
+    from comfy.errors import JobError
+
+    found, todo = set(), [JobError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.error_type)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_worker_error_type_is_either_permanent_or_retried_and_the_permanent_ones_are_not_retried():
+    from supabase_sync.jobs import PERMANENT_ERROR_TYPES
+
+    known = _worker_error_types()
+    assert set(PERMANENT) | set(RETRYABLE) | {"superseded"} == known  # a new error type must be sorted here
+    assert PERMANENT_ERROR_TYPES == set(PERMANENT) | {"superseded"}
+    for error_type in PERMANENT:
+        outcome = interpret_status(JobStatus(id="j", status="FAILED", error="boom",
+                                             output={"error": "boom", "error_type": error_type}))
+        assert (outcome.kind, outcome.retryable) == ("fail", False), error_type
+        assert outcome.error.startswith(f"{error_type}: "), outcome.error
+    for error_type in RETRYABLE:
+        outcome = interpret_status(JobStatus(id="j", status="FAILED", error=json.dumps(
+            {"error": "boom", "error_type": error_type})))
+        assert (outcome.kind, outcome.retryable) == ("fail", True), error_type
+
+
 def test_a_superseded_job_is_never_written_back():
     outcome = interpret_status(JobStatus(id="j", status="FAILED", error="job j no longer holds task t: the task is "
                                          "complete; nothing was run", output={"error_type": "superseded"}))
