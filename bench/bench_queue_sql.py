@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_queue_sql.py [--sizes 1000,100000,1000000] [--finished 1000000] [--no-write]
 
 A throwaway PostgreSQL 15 with durable settings and every migration; each size gets a fresh
-database. The previous release's functions (0002's claim_tasks and queue_stats, created as
-*_0002) run beside the current ones on the same rows, so the ratio is measured side by
+database. The previous release's functions (0002's claim_tasks and 0080's queue_stats, created as
+*_0002 and *_0080) run beside the current ones on the same rows, so the ratio is measured side by
 side. A claim takes 50 rows (CLAIM_BATCH's default); each call runs in a transaction that is
 rolled back, so every call sees the same queue (a commit's flush costs the same at any
 size); its time is the client's wall time for the call on a local socket. Results go to
@@ -15,6 +15,7 @@ docs/benchmarks.md ("Queue SQL") unless --no-write.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -60,7 +61,7 @@ def _database(cluster, name: str) -> psycopg.Connection:
     dsn = cluster.create_database(name)
     conn = psycopg.connect(dsn, autocommit=True)
     conn.execute(previous_function_sql("claim_tasks"))
-    conn.execute(previous_function_sql("queue_stats"))
+    conn.execute(previous_function_sql("queue_stats", "0080_pipelines.sql"))  # the last one before 0090
     return conn
 
 
@@ -79,7 +80,7 @@ def _measure(conn: psycopg.Connection, types: list[str], new_runs: int, old_runs
         "claim": _timed(conn, CLAIM.format(fn="claim_tasks"), (types,), new_runs),
         "claim_0002": _timed(conn, CLAIM.format(fn="claim_tasks_0002"), (types,), old_runs),
         "stats": _timed(conn, "select * from queue_stats()", (), new_runs),
-        "stats_0002": _timed(conn, "select * from queue_stats_0002()", (), old_runs),
+        "stats_0080": _timed(conn, "select * from queue_stats_0080()", (), old_runs),
     }
 
 
@@ -94,6 +95,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    started_load = os.getloadavg()[0]
     cluster = start_cluster(durable=True)
     results: list[tuple[str, dict]] = []
     try:
@@ -116,17 +118,18 @@ def main() -> int:
         cluster.stop()
     rows = "\n".join(
         f"| {label} | **{_cell(m['claim'])}** | {_cell(m['claim_0002'])} | "
-        f"**{_cell(m['stats'])}** | {_cell(m['stats_0002'])} |" for label, m in results)
-    body = f"""Command: `.venv/bin/python bench/bench_queue_sql.py` (defaults: `--sizes 1000,100000,1000000 --finished 1000000`).
-Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores shared with other engineers' test runs;
+        f"**{_cell(m['stats'])}** | {_cell(m['stats_0080'])} |" for label, m in results)
+    load = f"1-minute load average {started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores)"
+    body = f"""Command: `.venv/bin/python bench/bench_queue_sql.py --sizes {args.sizes} --finished {args.finished}`.
+Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores shared with other engineers' test runs ({load});
 run on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC. A throwaway PostgreSQL 15 with durable settings, every
 migration applied, the rows made by one INSERT and `VACUUM ANALYZE`d; a fresh database per row of the table.
-The previous release's functions (0002's `claim_tasks`, `queue_stats`) run beside the current ones (0090) on the
+The previous release's functions (0002's `claim_tasks`, 0080's `queue_stats`) run beside the current ones (0090) on the
 same rows. A claim takes 50 rows; each call runs in a transaction that is rolled back, so every call sees the
 same queue (the commit's flush, the same at any size, is left out); times are the client's wall time per call,
 median and p95 (50 calls of the current functions, 10–20 of the previous ones, after one warm-up call).
 
-| rows | `claim_tasks` (0090) | `claim_tasks` (0002) | `queue_stats` (0090) | `queue_stats` (0002) |
+| rows | `claim_tasks` (0090) | `claim_tasks` (0002) | `queue_stats` (0090) | `queue_stats` (0080) |
 | --- | --- | --- | --- | --- |
 {rows}
 

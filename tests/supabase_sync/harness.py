@@ -159,7 +159,7 @@ class DispatcherProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_for_sync(healthy, 30, what="the dispatcher's /health")
+        wait_for_sync(healthy, 60, what="the dispatcher's /health")  # generous: a loaded machine starts it slowly
         return self
 
     @property
