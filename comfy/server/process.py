@@ -74,6 +74,7 @@ class ComfyProcess:
         self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._pump: threading.Thread | None = None  # reads ComfyUI's output into _tail
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.restarts = 0
@@ -115,9 +116,10 @@ class ComfyProcess:
             self.ready_at = None
             self._proc = self._spawn()
             log.info("started ComfyUI (pid %s): %s", self._proc.pid, " ".join(self.command()))
-            threading.Thread(
+            self._pump = threading.Thread(
                 target=self._pump_output, args=(self._proc,), name="comfy-log", daemon=True
-            ).start()
+            )
+            self._pump.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -173,6 +175,9 @@ class ComfyProcess:
                 raise ComfyStartError("ComfyUI was not started")
             code = proc.poll()
             if code is not None:
+                # its last lines may still be in the pipe: the pump ends when the pipe closes
+                if self._pump is not None:
+                    self._pump.join(timeout=2)
                 raise ComfyStartError(
                     f"ComfyUI exited with code {code} during start-up. Last lines of its log:\n"
                     + self.log_tail()
