@@ -286,6 +286,10 @@ def main() -> int:
     return 0
 
 
+def _commit(ref: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True).stdout.strip()
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -326,12 +330,12 @@ def _report(args, versions: list[Version], results: dict[str, dict]) -> str:
                             f"(load {r['life']['load']:.1f})"))
     breakdown = "\n".join(f"- {n}: " + ", ".join(f"`{fn}` {per}" for fn, per in results[n]["life"]["by_function"].items())
                           for n in names)
-    return f"""Command: `.venv/bin/python bench/bench_dispatcher.py` (defaults: `--rate {args.rate:g} --seconds {args.seconds:g} --tasks {args.tasks} --life-tasks {args.life_tasks} --baseline {args.baseline} --rounds {args.rounds}`).
+    return f"""Command: `.venv/bin/python bench/bench_dispatcher.py --rate {args.rate:g} --seconds {args.seconds:g} --tasks {args.tasks} --life-tasks {args.life_tasks} --baseline {args.baseline} --rounds {args.rounds}`.
 Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores shared with other engineers' test runs; run on
 {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC. Everything local: a throwaway PostgreSQL 15 with durable settings (fsync and
 synchronous_commit on), the PostgREST RPC double and the RunPod emulator in the benchmark process, the pg_net double
 (LISTEN/NOTIFY after commit) for the trigger, and the dispatchers as real `python -m supabase_sync` processes. The
-baseline is commit `{args.baseline}`'s `supabase_sync` with its own migrations, run in the same session on databases of
+baseline is `{args.baseline}` (commit {_commit(args.baseline)})'s `supabase_sync` with its own migrations, run in the same session on databases of
 the same cluster. Latency = the emulator's wall-clock receipt of `/run` − the INSERT's commit; tasks inserted one at a
 time on a fixed schedule. Each latency and burst cell lists {args.rounds} samples; the two versions take turns (one first,
 then the other, the order alternating), so a machine getting busier or quieter favours neither.

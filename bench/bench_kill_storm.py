@@ -93,7 +93,7 @@ def main() -> int:
         ", ".join(f"{results[n].faults.get(k, 0)}" for k in ("429", "500_before", "500_after", "webhook_lost"))
         for n in names) + " |")
     table.append("| until every task was final | " + " | ".join(f"{results[n].seconds:.0f} s" for n in names) + " |")
-    body = f"""Command: `.venv/bin/python bench/bench_kill_storm.py` (defaults: `--tasks {args.tasks} --storm-s {args.storm_s:g} --baseline {args.baseline}`).
+    body = f"""Command: `.venv/bin/python bench/bench_kill_storm.py --tasks {args.tasks} --storm-s {args.storm_s:g} --baseline {args.baseline}`.
 Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores shared with other engineers' test runs (load average
 {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end); run on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC.
 {args.tasks} tasks arrive 50 a second; for {args.storm_s:g} s one of three `python -m supabase_sync` processes is SIGKILLed
