@@ -254,16 +254,19 @@ PERMANENT = ["invalid_input", "invalid_workflow", "prompt_rejected", "input_too_
              "model_url_refused", "model_sha256_mismatch", "output_too_large"]
 RETRYABLE = ["job_error", "execution_error", "interrupted", "timeout", "cancelled", "comfy_unavailable",
              "input_write_failed", "output_error", "input_download", "model_download", "model_cache_full",
-             "model_cache_unavailable", "model_conflict", "invalid_settings"]  # the worker's settings: another may work
+             "model_cache_unavailable", "model_conflict", "upload_failed",
+             "invalid_settings"]  # the worker's own settings: another worker may have others
 
 
 def _worker_error_types() -> set[str]:
     """Every error_type the worker can end a job with (each JobError subclass it defines)."""
-    import comfy.media.downloads  # noqa: F401  (each module defines its own errors)
-    import comfy.media.settings  # noqa: F401
-    import comfy.media.url_safety  # noqa: F401
-    import comfy.models.cache  # noqa: F401
-    import comfy.models.settings  # noqa: F401
+    import importlib
+    import pkgutil
+
+    import comfy
+
+    for module in pkgutil.walk_packages(comfy.__path__, "comfy."):  # each part defines its own errors
+        importlib.import_module(module.name)
     from comfy.errors import JobError
 
     found, todo = set(), [JobError]
