@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -143,6 +143,8 @@ class Worker:
 
 
 class Bench:
+    emulator_class = StampingEmulator  # a subclass may stamp more (bench/bench_sdk_timeline.py)
+
     def __init__(self, comfy_path: Path, worker_comfyui: Path, logs: Path) -> None:
         self.comfy_path = comfy_path
         self.worker_comfyui = worker_comfyui
@@ -150,7 +152,9 @@ class Bench:
         self.comfy_port = free_port()
         self.comfy_url = f"http://127.0.0.1:{self.comfy_port}"
         self.http = httpx.Client(timeout=600)
-        self.emulator = StampingEmulator(job_take_wait_s=1.0).start()
+        self.emulator = self.emulator_class(job_take_wait_s=1.0).start()
+        self.last_span: tuple[float, float] = (0.0, 0.0)  # the last job's measured time (monotonic start, end)
+        self.last_execution: tuple[float, float] = (0.0, 0.0)  # ComfyUI's execution of it (wall-clock start, end)
         self.processes: list[subprocess.Popen] = []
 
     # --- processes ---------------------------------------------------------------------
@@ -189,14 +193,17 @@ class Bench:
         else:
             worker.port = free_port()
             args = ["--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(worker.port)]
-        if side == "ours":
-            argv, cwd = [sys.executable, "-u", "handler.py", *args], ROOT
-        else:
-            argv, cwd = [sys.executable, "-u", "-c", WORKER_COMFYUI_ENTRY, *args], self.worker_comfyui
+        argv, cwd = self.worker_command(side, args, env)
         worker.process = self._spawn(f"{side}-{mode}", argv, env, cwd)
         if mode == "runsync":
             self._wait_http(f"http://127.0.0.1:{worker.port}/docs", f"{side} API server")
         return worker
+
+    def worker_command(self, side: str, args: list[str], env: dict[str, str]) -> tuple[list[str], Path]:
+        """The command line and folder that start one worker as RunPod would (`env` may be added to)."""
+        if side == "ours":
+            return [sys.executable, "-u", "handler.py", *args], ROOT
+        return [sys.executable, "-u", "-c", WORKER_COMFYUI_ENTRY, *args], self.worker_comfyui
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -213,6 +220,7 @@ class Bench:
         history = self.http.get(f"{self.comfy_url}/history", params={"max_items": 1}).json()
         [entry] = history.values()
         stamps = {kind: data.get("timestamp") for kind, data in entry["status"]["messages"]}
+        self.last_execution = (stamps["execution_start"] / 1000, stamps["execution_success"] / 1000)  # wall clock, s
         return float(stamps["execution_success"] - stamps["execution_start"])
 
     def run_job(self, worker: Worker, batch: int) -> Sample:
@@ -232,14 +240,16 @@ class Bench:
                 time.sleep(0.005)
             time.sleep(0.05)  # let the emulator finish the job before reading it back
             job = self.emulator.jobs[job_id]
-            wall_ms = (self.emulator.done_at[job_id] - job.started_at) * 1000
+            self.last_span = (job.started_at, self.emulator.done_at[job_id])
+            wall_ms = (self.last_span[1] - self.last_span[0]) * 1000
             body = json.loads(self.emulator.done_body.pop(job_id))
             result_bytes = self.emulator.done_bytes[job_id]
         else:
-            started = time.perf_counter()
+            started = time.monotonic()
             response = self.http.post(f"http://127.0.0.1:{worker.port}/runsync", json=payload)
             raw = response.content
-            wall_ms = (time.perf_counter() - started) * 1000
+            self.last_span = (started, time.monotonic())
+            wall_ms = (self.last_span[1] - self.last_span[0]) * 1000
             body = json.loads(raw)
             result_bytes = len(raw)
         _, peak = rss_kib(pid)
@@ -252,6 +262,41 @@ class Bench:
         output_bytes = sum(len(base64.b64decode(image["data"])) for image in images)
         execution_ms = self.last_execution_ms()
         return Sample(wall_ms - execution_ms, wall_ms, execution_ms, result_bytes, output_bytes, peak - before, cpu)
+
+
+def measure(bench_class: type[Bench], worker_comfyui: Path, rounds: int,
+            on_sample: Callable[[Bench, Worker, int, Sample], None] | None = None) -> list[Worker]:
+    """Start ComfyUI and the four workers (two sides, two modes), warm each up, then run `rounds`
+    interleaved rounds of both workloads; every sample goes to its worker (and to `on_sample`)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the workers and ComfyUI on the way out
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = ROOT / "bench" / "results" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        bench = bench_class(make_comfy_copy(Path(tmp) / "ComfyUI"), worker_comfyui, logs)
+        try:
+            bench.start_comfyui()
+            workers = [bench.start_worker(side, mode) for mode in ("platform", "runsync") for side in SIDES]
+            time.sleep(3)  # the platform workers' first job-take
+            for worker in workers:  # warm-up: first-job imports and ComfyUI's caches, not counted
+                for batch in (1, 8):
+                    bench.run_job(worker, batch)
+            for round_index in range(rounds):
+                for batch in (1, 8):
+                    for mode in ("platform", "runsync"):
+                        pair = [w for w in workers if w.mode == mode]
+                        for worker in (pair if round_index % 2 == 0 else pair[::-1]):
+                            sample = bench.run_job(worker, batch)
+                            worker.samples.setdefault(batch, []).append(sample)
+                            if on_sample is not None:
+                                on_sample(bench, worker, batch, sample)
+                            print(f"round {round_index} {worker.side:15s} {mode:8s} x{batch}: overhead "
+                                  f"{sample.overhead_ms:7.1f} ms, wall {sample.wall_ms:7.1f} ms, "
+                                  f"cpu {sample.cpu_ms:6.0f} ms, result {sample.result_bytes / 1e6:5.1f} MB, "
+                                  f"rss +{sample.rss_growth_kib / 1024:5.1f} MiB",
+                                  flush=True)
+        finally:
+            bench.stop()
+    return workers
 
 
 def clone_worker_comfyui(source: str) -> Path:
@@ -293,32 +338,7 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(worker_comfyui), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the workers and ComfyUI on the way out
-    with tempfile.TemporaryDirectory() as tmp:
-        logs = ROOT / "bench" / "results" / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        bench = Bench(make_comfy_copy(Path(tmp) / "ComfyUI"), worker_comfyui, logs)
-        try:
-            bench.start_comfyui()
-            workers = [bench.start_worker(side, mode) for mode in ("platform", "runsync") for side in SIDES]
-            time.sleep(3)  # the platform workers' first job-take
-            for worker in workers:  # warm-up: first-job imports and ComfyUI's caches, not counted
-                for batch in (1, 8):
-                    bench.run_job(worker, batch)
-            for round_index in range(args.rounds):
-                for batch in (1, 8):
-                    for mode in ("platform", "runsync"):
-                        pair = [w for w in workers if w.mode == mode]
-                        for worker in (pair if round_index % 2 == 0 else pair[::-1]):
-                            sample = bench.run_job(worker, batch)
-                            worker.samples.setdefault(batch, []).append(sample)
-                            print(f"round {round_index} {worker.side:15s} {mode:8s} x{batch}: overhead "
-                                  f"{sample.overhead_ms:7.1f} ms, wall {sample.wall_ms:7.1f} ms, "
-                                  f"cpu {sample.cpu_ms:6.0f} ms, result {sample.result_bytes / 1e6:5.1f} MB, "
-                                  f"rss +{sample.rss_growth_kib / 1024:5.1f} MiB",
-                                  flush=True)
-        finally:
-            bench.stop()
+    workers = measure(Bench, worker_comfyui, args.rounds)
     when = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
     SAMPLES.write_text(json.dumps({"rounds": args.rounds, "commit": commit, "when": when, "workers": [
         {"side": w.side, "mode": w.mode,
