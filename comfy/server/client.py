@@ -127,6 +127,15 @@ class ComfyClient:
     def queue(self, timeout_s: float | None = None, within_deadline: bool = True) -> dict[str, Any]:
         return self._json("GET", "/queue", timeout_s=timeout_s, within_deadline=within_deadline)
 
+    def probe(self, within_deadline: bool = True) -> None:
+        """Check that ComfyUI answers, within PROBE_TIMEOUT_S (ComfyUnresponsive, ComfyUnavailable).
+
+        Asks GET /prompt (how many prompts it holds), its cheapest answer: ~1 ms, where /system_stats
+        reads requirements.txt and package metadata on every call (5-8 ms, and file I/O that stalls
+        on a busy disk) and /queue lists every queued workflow of an attached ComfyUI.
+        """
+        self._json("GET", "/prompt", timeout_s=PROBE_TIMEOUT_S, within_deadline=within_deadline)
+
     def download(self, filename: str, subfolder: str, folder_type: str, dest: Path) -> int:
         """Stream a file from /view to dest; returns its size. Bounded by the job's deadline."""
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}

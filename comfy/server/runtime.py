@@ -63,7 +63,7 @@ class WorkerRuntime:
             started = time.monotonic()
             if self.process.ready:
                 try:
-                    self.client.queue(timeout_s=PROBE_TIMEOUT_S, within_deadline=False)
+                    self.client.probe(within_deadline=False)
                 except ComfyUnresponsive as exc:
                     self.restart_comfy(f"it did not answer before the job ({exc.message})")
                 except ComfyUnavailable:
@@ -79,7 +79,7 @@ class WorkerRuntime:
             if booting:
                 booted_s = time.monotonic() - started
         else:
-            self.client.system_stats(timeout_s=PROBE_TIMEOUT_S)  # raises ComfyUnavailable with the reason
+            self.client.probe()  # raises ComfyUnavailable with the reason, ComfyUnresponsive when silent
         if not self.events.connected and not self.events.connect(
             timeout_s=5.0 if deadline is None else max(deadline.bound(5.0), 0.001)
         ):
