@@ -176,6 +176,7 @@ def run_ours() -> None:
     wrap(ComfyClient, "history", "ours.history")
     wrap(ComfyClient, "system_stats", "ours.probe")
     wrap(ComfyClient, "queue", "ours.probe")
+    wrap(ComfyClient, "probe", "ours.probe")
     wrap(PromptMonitor, "wait", "ours.monitor_wait")
     wrap(RunPodProgress, "_post", "ours.progress_post")
     os.chdir(ROOT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import importlib
 import io
 import os
@@ -81,3 +83,18 @@ def unique_color() -> int:
 @pytest.fixture()
 def comfy_output_dir(worker) -> Path:
     return Path(worker.SETTINGS.comfy_path) / "output"
+
+
+@contextlib.contextmanager
+def proxied_runtime(worker):
+    """A runtime attached to the session's ComfyUI through a TcpProxy that can cut its websocket."""
+    from comfy.server.runtime import WorkerRuntime
+    from tests.doubles.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(worker.SETTINGS.comfy_port)
+    runtime = WorkerRuntime(dataclasses.replace(worker.SETTINGS, comfy_url=f"http://127.0.0.1:{proxy.port}"))
+    try:
+        yield runtime, proxy
+    finally:
+        runtime.shutdown()
+        proxy.close()

@@ -1,4 +1,13 @@
-"""Follow one queued prompt to its end: websocket first, /history as the source of truth.
+"""Follow one queued prompt to its end: websocket first, /history where the events are not whole.
+
+When the websocket stayed up from before the prompt was queued until its `execution_success`,
+the events carry everything its history entry would: each output node's `executed` output
+(cached nodes included) and ComfyUI's own start and end timestamps. The result is then built
+from them and /history is not read: ComfyUI writes the entry only after `execution_success`, so
+a read at that moment races it, and right after a prompt ComfyUI's worker thread runs a full
+`gc.collect()` (at most every 10 s) that holds its GIL, stalling its HTTP answers by up to
+~360 ms (measured, docs/benchmarks.md). A dropped or reconnected websocket, or an older ComfyUI
+that ends a prompt with `executing` node None only, falls back to /history.
 
 Ends with the prompt's history entry on success, or raises: ExecutionFailed (a node
 raised), ExecutionInterrupted, ComfyUnavailable (ComfyUI died), ComfyUnresponsive (it
@@ -10,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from comfy.deadline import Deadline
@@ -91,6 +100,26 @@ def _outcome_from_history(history: dict[str, Any]) -> PromptResult | None:
     return None
 
 
+@dataclass
+class _PromptEvents:
+    """What the websocket said about one prompt, enough to stand in for its history entry."""
+
+    whole: bool  # the stream stayed up since before the prompt was queued
+    start: dict[str, Any] | None = None  # execution_start's data (ComfyUI's timestamp)
+    outputs: dict[str, Any] = field(default_factory=dict)  # node id -> its `executed` output
+
+    def as_result(self, success: dict[str, Any]) -> PromptResult | None:
+        """The prompt's result from its events, or None when they may be missing some."""
+        if not self.whole or self.start is None:
+            return None
+        history = {
+            "outputs": self.outputs,
+            "status": {"status_str": "success", "completed": True,
+                       "messages": [["execution_start", self.start], ["execution_success", success]]},
+        }
+        return PromptResult(history, self.start.get("timestamp"), success.get("timestamp"))
+
+
 class PromptMonitor:
     """Waits for one prompt, forwarding progress."""
 
@@ -119,6 +148,7 @@ class PromptMonitor:
         last_reconnect = 0.0
         finished = False
         self.current_node = None
+        seen = _PromptEvents(whole=self.events.connected)
         while True:
             now = time.monotonic()
             if cancel.is_set():
@@ -135,6 +165,7 @@ class PromptMonitor:
                 except EventStreamClosed as exc:
                     log.warning("prompt %s: %s; following /history until it reconnects", prompt_id, exc)
                     next_history_check = now
+                    seen.whole = False
             elif now - last_reconnect >= RECONNECT_EVERY_S:
                 last_reconnect = now
                 if self.events.connect(timeout_s=max(deadline.bound(5.0), 0.001)):
@@ -146,7 +177,11 @@ class PromptMonitor:
                 time.sleep(deadline.bound(HISTORY_POLL_S))
 
             if message is not None:
-                finished = self._handle(message, prompt_id, progress)
+                finished = self._handle(message, prompt_id, progress, seen)
+                if finished and isinstance(finished, dict):
+                    result = seen.as_result(finished)
+                    if result is not None:
+                        return result
 
             if finished or time.monotonic() >= next_history_check:
                 result = self._check_history(prompt_id)
@@ -175,8 +210,9 @@ class PromptMonitor:
             raise
         return _outcome_from_history(history) if history else None
 
-    def _handle(self, message: dict[str, Any], prompt_id: str, progress: ProgressReporter | None) -> bool:
-        """React to one event; True when the prompt has ended successfully."""
+    def _handle(self, message: dict[str, Any], prompt_id: str, progress: ProgressReporter | None,
+                seen: _PromptEvents) -> bool | dict[str, Any]:
+        """React to one event: execution_success's data or True once the prompt has ended successfully."""
         kind = message.get("type")
         data = message.get("data") or {}
         if not isinstance(data, dict) or data.get("prompt_id") not in (prompt_id, None):
@@ -189,9 +225,13 @@ class PromptMonitor:
                 details=data,
             )
         if kind == "execution_success" and data.get("prompt_id") == prompt_id:
-            return True
+            return data
         if data.get("prompt_id") != prompt_id:
             return False
+        if kind == "execution_start":
+            seen.start = data
+        elif kind == "executed" and data.get("node") is not None and data.get("output") is not None:
+            seen.outputs[str(data["node"])] = data["output"]
         if kind == "executing":
             if data.get("node") is None:
                 return True  # older ComfyUI: the end of the prompt

@@ -221,7 +221,40 @@ class TestRegisterClass:
         return {"ui": {"text": [name]}}
 
 
+class TestStallAfterPrompt:
+    """Passes an image through; once its prompt has sent `execution_success`, holds ComfyUI's prompt
+    worker thread for `seconds` before it writes the history entry and sends `executing` None, as a
+    slow post-prompt gc.collect() does (a full collection holds ComfyUI's GIL)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, image, seconds):
+        from server import PromptServer
+
+        server = PromptServer.instance
+        prompt_id = server.last_prompt_id  # the prompt running this node
+        original = server.send_sync
+
+        def send_sync(event, data, sid=None):
+            original(event, data, sid)
+            if isinstance(data, dict) and data.get("prompt_id") == prompt_id and event.startswith("execution_") \
+                    and event != "execution_start" and event != "execution_cached":
+                del server.send_sync  # once: the class's own method again
+                if event == "execution_success":
+                    time.sleep(seconds)
+
+        server.send_sync = send_sync
+        return (image,)
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestStallAfterPrompt": TestStallAfterPrompt,
     "TestIgnoreInterrupt": TestIgnoreInterrupt,
     "TestReportFile": TestReportFile,
     "TestRegisterClass": TestRegisterClass,

@@ -11,8 +11,7 @@ import time
 
 from comfy.job.run import run_job
 from comfy.server.runtime import WorkerRuntime
-from tests.conftest import empty_image_graph, run_handler, unique_color
-from tests.doubles.tcp_proxy import TcpProxy
+from tests.conftest import empty_image_graph, proxied_runtime, run_handler, unique_color
 
 
 def sleeping_graph(seconds: float, color: int | None = None) -> dict:
@@ -118,11 +117,8 @@ def test_comfyui_killed_during_a_job_gives_a_clear_error_and_the_next_job_restar
 
 
 def test_a_dropped_websocket_does_not_lose_the_job(worker):
-    proxy = TcpProxy(worker.SETTINGS.comfy_port)
-    settings = dataclasses.replace(worker.SETTINGS, comfy_url=f"http://127.0.0.1:{proxy.port}")
-    runtime = WorkerRuntime(settings)  # attach mode, through the proxy
     outcome: dict = {}
-    try:
+    with proxied_runtime(worker) as (runtime, proxy):  # attach mode, through the proxy
         thread = threading.Thread(
             target=lambda: outcome.update(run_job(runtime, {"workflow": sleeping_graph(2.0)}, "ws-drop"))
         )
@@ -130,9 +126,6 @@ def test_a_dropped_websocket_does_not_lose_the_job(worker):
         time.sleep(0.8)
         assert proxy.drop_websockets() == 1
         thread.join(timeout=30)
-    finally:
-        runtime.shutdown()
-        proxy.close()
 
     assert "error" not in outcome, outcome
     assert len(outcome["images"]) == 1
