@@ -4,7 +4,8 @@ ComfyUI is started first, before the heavy imports (runpod takes ~2 s to import)
 boot overlaps the worker's; custom nodes from CUSTOM_NODES are installed (or found on the
 volume) just before. The warm-up (WARMUP_WORKFLOW) runs before the SDK asks for jobs. The
 handler is async: RunPod's job polling and cancellation keep working while the blocking
-job runs in a thread.
+job runs in a thread. With JOB_CONCURRENCY 2-3 the SDK hands it several jobs at once, and
+they take turns at ComfyUI (comfy/server/pipeline.py).
 
     python handler.py                          # run test_input.json once (exit 0 / 1)
     python handler.py --test_input '<json>'    # run that job once
@@ -47,6 +48,7 @@ import runpod  # noqa: E402
 
 from comfy.job.run import run_job  # noqa: E402
 from comfy.server.runtime import WorkerRuntime  # noqa: E402
+from comfy.worker.concurrency import SdkConcurrency  # noqa: E402
 from comfy.worker.fence import TaskFence  # noqa: E402
 from comfy.worker.heartbeat import WorkerHeartbeat  # noqa: E402
 from comfy.worker.local_run import LocalRun  # noqa: E402
@@ -63,6 +65,7 @@ HEARTBEAT = WorkerHeartbeat.from_env().start()
 atexit.register(HEARTBEAT.stop)
 # Only the job holding its Supabase task's claim runs (start_task); a no-op without credentials.
 FENCE = TaskFence.from_env()
+CONCURRENCY = SdkConcurrency(SETTINGS.job_concurrency)  # JOB_CONCURRENCY for the SDK
 
 
 def _progress_sender(job: dict[str, Any]):
@@ -74,21 +77,27 @@ def _progress_sender(job: dict[str, Any]):
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """Run one RunPod job; a failure comes back as {"error": ..., "details": ...}."""
+    job_id = str(job["id"])
+    CONCURRENCY.job_started(job_id)
     cancel = threading.Event()
     job_input = job.get("input")
-    refused = await asyncio.to_thread(FENCE.check, job_input, str(job["id"]))
+    # The fence first, before the job is admitted to the pipeline (prepare's start): a superseded job
+    # downloads nothing and takes no place; a job that passed is the task's (start_task recorded it), so
+    # nothing can supersede it while it prepares or waits for ComfyUI.
+    refused = await asyncio.to_thread(FENCE.check, job_input, job_id)
     if refused is not None:  # superseded: nothing downloaded, nothing queued in ComfyUI
-        return refused
-    HEARTBEAT.set_current_task(job_input.get("task_id") if isinstance(job_input, dict) else None)
+        return CONCURRENCY.settle_refresh(refused, job_id)
+    task_id = job_input.get("task_id") if isinstance(job_input, dict) else None
+    HEARTBEAT.task_started(task_id)
     try:
         run = LOCAL.run_job if LOCAL else run_job
-        result = await asyncio.to_thread(run, RUNTIME, job_input, str(job["id"]), _progress_sender(job), cancel)
-        return WARMUP.add_to_first_result(result)
+        result = await asyncio.to_thread(run, RUNTIME, job_input, job_id, _progress_sender(job), cancel)
+        return CONCURRENCY.settle_refresh(WARMUP.add_to_first_result(result), job_id)
     except asyncio.CancelledError:
-        cancel.set()  # the job thread interrupts ComfyUI and removes the prompt
+        cancel.set()  # the job thread stops its downloads, or interrupts its own prompt and removes it
         raise
     finally:
-        HEARTBEAT.set_current_task(None)
+        HEARTBEAT.task_finished(task_id)
 
 
 if __name__ == "__main__":
@@ -96,4 +105,4 @@ if __name__ == "__main__":
     WARMUP = run_warmup(RUNTIME, SETTINGS.warmup_workflow)
     if not WARMUP.ok and SETTINGS.warmup_required:
         sys.exit(f"worker: the warm-up failed and WARMUP_REQUIRED is set: {WARMUP.error}")
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": handler, **CONCURRENCY.start_config()})

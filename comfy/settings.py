@@ -27,6 +27,8 @@ class FreeAfterJob(str, Enum):
 RUNPOD_VOLUME = Path("/runpod-volume")  # where RunPod mounts a network volume
 LOCAL_STATE = Path("/tmp/comfy-worker")  # the container's own disk, when no volume is mounted
 RUNPOD_HF_CACHE = RUNPOD_VOLUME / "huggingface-cache" / "hub"  # RunPod's cached models
+# One job prepares, one executes, one delivers: a fourth would only wait, holding its inputs on disk.
+MAX_JOB_CONCURRENCY = 3
 
 
 def on_volume(folder: str, volume: Path = RUNPOD_VOLUME) -> Path:
@@ -82,6 +84,7 @@ class WorkerSettings:
     comfy_python: str = sys.executable  # COMFY_PYTHON: interpreter for ComfyUI's main.py
     start_timeout_s: float = 600.0  # COMFY_START_TIMEOUT_S
     job_timeout_s: float = 1800.0  # COMFY_JOB_TIMEOUT_S: deadline when the job sets none
+    job_concurrency: int = 1  # JOB_CONCURRENCY: jobs held at once; 2-3 pipeline them around ComfyUI's one slot
     free_after_job: FreeAfterJob = FreeAfterJob.NONE  # COMFY_FREE_AFTER_JOB
     refresh_worker: bool = False  # REFRESH_WORKER: replace the worker after every job
     refresh_after_crash: bool = True  # REFRESH_WORKER_AFTER_CRASH: ...after ComfyUI crashed
@@ -149,6 +152,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "comfy_python": ("COMFY_PYTHON", lambda raw: raw or sys.executable),
     "start_timeout_s": ("COMFY_START_TIMEOUT_S", _number(float, 1)),
     "job_timeout_s": ("COMFY_JOB_TIMEOUT_S", _number(float, 1)),
+    "job_concurrency": ("JOB_CONCURRENCY", _number(int, 1, MAX_JOB_CONCURRENCY)),
     "free_after_job": ("COMFY_FREE_AFTER_JOB", _free_after_job),
     "refresh_worker": ("REFRESH_WORKER", _boolean),
     "refresh_after_crash": ("REFRESH_WORKER_AFTER_CRASH", _boolean),

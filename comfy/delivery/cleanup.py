@@ -119,7 +119,7 @@ def remove_prompt_files(history: dict[str, Any] | None, settings: WorkerSettings
             path.unlink()
             removed += 1
         except FileNotFoundError:
-            continue
+            pass  # gone already (taken out for delivery: comfy/delivery/holding.py); its new folders still go
         except OSError as exc:
             log.warning("could not remove output %s: %s", path, exc)
             continue

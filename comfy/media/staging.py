@@ -162,12 +162,13 @@ def rewrite_image_references(workflow: dict[str, Any], names: dict[str, str]) ->
 def stage_inputs(
     images: list[ImageInput], inputs: list[MediaInput], workflow: dict[str, Any], settings: WorkerSettings,
     client: ComfyClient, media: MediaSettings | None = None, cancel: threading.Event | None = None,
-    object_info: dict[str, Any] | None = None, deadline: Deadline | None = None,
+    object_info: dict[str, Any] | None = None, deadline: Deadline | None = None, check_targets: bool = True,
 ) -> StagedInputs:
     """Write the job's images (worker-comfyui `images`) under unique names and point the
     workflow at them, then fetch its `inputs` and point their nodes' fields at them (in
     `workflow`, whose changed nodes are replaced, not edited); `cancel` stops downloads,
-    and `deadline` bounds them."""
+    and `deadline` bounds them. `check_targets=False`: the caller checks the inputs' fields
+    (`check_input_targets` on the graph as it was) once ComfyUI can list its nodes."""
     staged = StagedInputs()
     job_tag = uuid.uuid4().hex[:12]
     try:
@@ -183,7 +184,8 @@ def stage_inputs(
             log.warning("images not referenced by any workflow input (by name or '<name> [input]'): %s", unused)
         if inputs:
             media = media or MediaSettings.from_env()
-            check_input_targets(inputs, workflow, object_info if object_info is not None else client.object_info())
+            if check_targets:
+                check_input_targets(inputs, workflow, object_info if object_info is not None else client.object_info())
             names = _stage_all(inputs, job_tag, settings, client, media, staged, cancel, deadline)
             for item, name in zip(inputs, names):
                 node = workflow[item.node]  # replaced, not edited: the caller's dicts stay as given

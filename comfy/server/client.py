@@ -1,7 +1,7 @@
 """ComfyUI's HTTP API, through one keep-alive httpx client.
 
-Every call waits at most REQUEST_TIMEOUT_S for an answer, and less when the running job's
-deadline (`bounded_by`) comes first. A call that gets no answer in its time raises
+Every call waits at most REQUEST_TIMEOUT_S for an answer, and less when the job's deadline
+comes first (`bounded`: the client as one job sees it). A call that gets no answer in its time raises
 ComfyUnresponsive (ComfyUI is hung), or the job's JobTimeout when it was the deadline that
 cut the wait short; the caller then checks ComfyUI with a short probe (PROBE_TIMEOUT_S).
 
@@ -10,11 +10,11 @@ Request and response shapes: ../shared/notes/comfyui.md (ComfyUI 0.3.75).
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -39,22 +39,19 @@ class ComfyClient:
             limits=httpx.Limits(max_keepalive_connections=4, keepalive_expiry=300),
             transport=transport,
         )
-        self._object_info: dict[str, Any] | None = None
-        self._object_info_lock = threading.Lock()
+        self._object_info = _ObjectInfoCache()
         self._deadline: Deadline | None = None
 
-    @contextlib.contextmanager
-    def bounded_by(self, deadline: Deadline) -> Iterator[None]:
-        """While inside, every call (from any thread) waits no longer than `deadline` allows.
+    def bounded(self, deadline: Deadline) -> "ComfyClient":
+        """This client as one job uses it: the same connections and /object_info cache, and
+        every call (from any of the job's threads) waits no longer than `deadline` allows.
 
-        Jobs run one at a time per worker, so one deadline at a time is enough. Calls made
-        with `within_deadline=False` (stopping a prompt, clean-up) keep their own timeout.
+        One per job, so pipelined jobs each keep their own deadline. Calls made with
+        `within_deadline=False` (stopping a prompt, clean-up) keep their own timeout.
         """
-        self._deadline = deadline
-        try:
-            yield
-        finally:
-            self._deadline = None
+        view = copy.copy(self)
+        view._deadline = deadline
+        return view
 
     @property
     def ws_url(self) -> str:
@@ -109,15 +106,20 @@ class ComfyClient:
 
     def object_info(self, refresh: bool = False) -> dict[str, Any]:
         """Every node class ComfyUI knows, cached for the life of the process."""
-        with self._object_info_lock:
-            if self._object_info is None or refresh:
-                self._object_info = self._json("GET", "/object_info")
-            return self._object_info
+        cache = self._object_info
+        with cache.lock:
+            if cache.value is None or refresh:
+                cache.value = self._json("GET", "/object_info")
+            return cache.value
+
+    def cached_object_info(self) -> dict[str, Any] | None:
+        """The cached /object_info, without asking ComfyUI (None when there is none)."""
+        return self._object_info.value
 
     def forget_object_info(self) -> None:
         """Drop the cache: a restarted ComfyUI may have loaded other custom nodes."""
-        with self._object_info_lock:
-            self._object_info = None
+        with self._object_info.lock:
+            self._object_info.value = None
 
     def history(self, prompt_id: str, timeout_s: float | None = None, within_deadline: bool = True) -> dict[str, Any] | None:
         """The history entry of a prompt, or None while it has none."""
@@ -205,6 +207,14 @@ class ComfyClient:
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory},
                       timeout_s=PROBE_TIMEOUT_S, within_deadline=False)
+
+
+class _ObjectInfoCache:
+    """ComfyUI's node classes, shared by a client and its per-job views."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.value: dict[str, Any] | None = None
 
 
 def prompt_rejection(status: int, payload: dict[str, Any]) -> PromptRejected:

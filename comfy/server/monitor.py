@@ -144,6 +144,7 @@ class PromptMonitor:
         progress: ProgressReporter | None = None,
     ) -> PromptResult:
         """Follow the prompt to its end; the deadline also bounds every /history check."""
+        client = self.client.bounded(deadline)
         next_history_check = time.monotonic() + HISTORY_CHECK_S
         last_reconnect = 0.0
         finished = False
@@ -184,7 +185,7 @@ class PromptMonitor:
                         return result
 
             if finished or time.monotonic() >= next_history_check:
-                result = self._check_history(prompt_id)
+                result = self._check_history(client, prompt_id)
                 if result is not None:
                     return result
                 if finished:
@@ -195,9 +196,9 @@ class PromptMonitor:
                     HISTORY_CHECK_S if self.events.connected else HISTORY_POLL_S
                 )
 
-    def _check_history(self, prompt_id: str) -> PromptResult | None:
+    def _check_history(self, client: ComfyClient, prompt_id: str) -> PromptResult | None:
         try:
-            history = self.client.history(prompt_id)
+            history = client.history(prompt_id)
         except ComfyUnresponsive:
             raise
         except ComfyUnavailable:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from comfy.deadline import Deadline
@@ -12,6 +11,7 @@ from comfy.errors import ComfyUnavailable, ComfyUnresponsive
 from comfy.nodes.provision import CustomNodeSet
 from comfy.server.events import ComfyEvents
 from comfy.server.monitor import PromptMonitor
+from comfy.server.pipeline import JobPipeline
 from comfy.server.process import ComfyProcess, ComfyStartError
 from comfy.settings import WorkerSettings
 
@@ -19,7 +19,7 @@ log = logging.getLogger("comfy.server.runtime")
 
 
 class WorkerRuntime:
-    """One per worker process. Jobs run one at a time through it."""
+    """One per worker process. Jobs take turns at ComfyUI through its `pipeline`."""
 
     def __init__(self, settings: WorkerSettings, process: ComfyProcess | None = None,
                  custom_nodes: CustomNodeSet | None = None) -> None:
@@ -30,7 +30,7 @@ class WorkerRuntime:
         self.client = ComfyClient(settings.base_url)
         self.events = ComfyEvents(self.client.ws_url)
         self.monitor = PromptMonitor(self.client, self.events, self.comfy_alive, self.describe_death)
-        self.job_lock = threading.Lock()
+        self.pipeline = JobPipeline(settings.job_concurrency)  # ComfyUI's one slot, and the jobs around it
 
     @classmethod
     def boot(cls, settings: WorkerSettings, process: ComfyProcess | None = None) -> "WorkerRuntime":
@@ -42,6 +42,10 @@ class WorkerRuntime:
 
     def comfy_alive(self) -> bool:
         return self.process is None or self.process.is_alive()
+
+    def comfy_ready(self) -> bool:
+        """Started and answered since (an owned one); an attached one is taken to be."""
+        return self.process is None or self.process.ready
 
     def describe_death(self) -> str:
         if self.process is None:

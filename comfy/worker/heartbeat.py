@@ -1,14 +1,20 @@
-"""The ComfyUI worker's row in `workers`: id comfy-worker-<pod id>, status, current_task_id.
+"""The ComfyUI worker's row in `workers`: id comfy-worker-<pod id>, status, the current tasks.
 
 Used by handler.py so that the seed's monitoring query shows live workers:
 
     heartbeat = WorkerHeartbeat.from_env()
     heartbeat.start()
-    heartbeat.set_current_task(task_id)   # at the start of a job (None when it ends)
+    heartbeat.task_started(task_id)    # at the start of a job
+    heartbeat.task_finished(task_id)   # when it ends
     heartbeat.stop()
 
+A worker that pipelines jobs (JOB_CONCURRENCY 2-3) holds several at once: the row lists every
+one in `current_task_ids`, in the order they started, and `current_task_id` is the first
+(0100_worker_current_tasks.sql). Against a database without that migration only
+`current_task_id` is sent.
+
 Does nothing without SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY. Every database call
-happens on a background thread: set_current_task() only records the value and wakes that
+happens on a background thread: task_started() and task_finished() only record the change and wake that
 thread, so a slow or unreachable Supabase never delays or fails a job.
 """
 
@@ -42,10 +48,11 @@ class WorkerHeartbeat:
         self.beats = 0  # successful calls, for tests and logs
         self.failures = 0
         self._lock = threading.Lock()
-        self._current: str | None = None
+        self._current: list[str] = []  # task ids (UUIDs) of the jobs held now, in the order they started
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._with_ids = True  # until the database says its heartbeat() takes no p_current_task_ids
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerHeartbeat":
@@ -68,11 +75,28 @@ class WorkerHeartbeat:
         self._thread.start()
         return self
 
-    def set_current_task(self, task_id: Any) -> None:
-        """Record the task being worked on (None: idle). Never blocks on the network."""
+    def task_started(self, task_id: Any) -> None:
+        """One more task is being worked on (a job without a task id, or not a UUID, is not shown)."""
+        task = _as_uuid(task_id)
+        if task is None:
+            return
         with self._lock:
-            self._current = _as_uuid(task_id)
+            self._current.append(task)
         self._wake.set()
+
+    def task_finished(self, task_id: Any) -> None:
+        """A task's job ended: it leaves the row (once, should two jobs carry one task)."""
+        task = _as_uuid(task_id)
+        with self._lock:
+            if task not in self._current:
+                return
+            self._current.remove(task)
+        self._wake.set()
+
+    @property
+    def current_tasks(self) -> list[str]:
+        with self._lock:
+            return list(self._current)
 
     def stop(self, timeout_s: float = CALL_TIMEOUT_S) -> None:
         """Say 'stopped' (best effort, bounded by timeout_s) and end the thread."""
@@ -85,14 +109,31 @@ class WorkerHeartbeat:
 
     # --- background thread ----------------------------------------------------------------
 
+    def _send(self, status: str, task_ids: list[str]) -> None:
+        from postgrest.exceptions import APIError
+
+        args = {"p_worker_id": self.worker_id, "p_status": status,
+                "p_current_task_id": task_ids[0] if task_ids else None, "p_metadata": self.metadata}
+        if not self._with_ids:
+            self._rpc.call("heartbeat", args)
+            return
+        try:
+            self._rpc.call("heartbeat", {**args, "p_current_task_ids": task_ids})
+        except APIError as exc:
+            if exc.code != "PGRST202":  # PostgREST: no function with these arguments
+                raise
+            log.warning("the database's heartbeat() takes no p_current_task_ids (0100_worker_current_tasks.sql "
+                        "not applied): the workers row shows the first current task only")
+            self._with_ids = False
+            self._rpc.call("heartbeat", args)
+
     def _beat(self, status: str) -> None:
         with self._lock:
-            task_id = self._current
+            task_ids = list(self._current)
         if status == "active":
-            status = "busy" if task_id else "idle"
+            status = "busy" if task_ids else "idle"
         try:
-            self._rpc.call("heartbeat", {"p_worker_id": self.worker_id, "p_status": status,
-                                         "p_current_task_id": task_id, "p_metadata": self.metadata})
+            self._send(status, task_ids)
             self.beats += 1
         except Exception as exc:  # never let monitoring hurt the work
             self.failures += 1
@@ -105,7 +146,7 @@ class WorkerHeartbeat:
             self._beat("active")
             self._wake.wait(self.interval_s)
         with self._lock:
-            self._current = None
+            self._current = []
         self._beat("stopped")
 
 

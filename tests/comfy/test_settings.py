@@ -30,3 +30,11 @@ def test_empty_values_mean_unset():
 def test_a_bad_warmup_required_is_named():
     with pytest.raises(SettingsError, match="WARMUP_REQUIRED: expected true or false"):
         WorkerSettings.from_env({"WARMUP_REQUIRED": "sometimes"})
+
+
+def test_job_concurrency_is_one_by_default_and_at_most_three():
+    assert WorkerSettings.from_env({}).job_concurrency == 1
+    assert WorkerSettings.from_env({"JOB_CONCURRENCY": "3"}).job_concurrency == 3
+    for bad, message in (("4", "out of range"), ("0", "out of range"), ("two", "expected a int")):
+        with pytest.raises(SettingsError, match=f"JOB_CONCURRENCY: .*{message}"):
+            WorkerSettings.from_env({"JOB_CONCURRENCY": bad})

@@ -253,7 +253,75 @@ class TestStallAfterPrompt:
         return (image,)
 
 
+class TestFixedNameImage:
+    """Saves its image under one fixed name in output/, replacing what is there, as some custom
+    nodes do (no counter): two prompts in a row write the same file."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "name": ("STRING", {"default": "fixed.png"}),
+                             "subfolder": ("STRING", {"default": "fixed"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, images, name, subfolder):
+        from PIL import Image
+
+        folder = os.path.join(folder_paths.get_output_directory(), subfolder)
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray((255.0 * images[0].cpu().numpy()).clip(0, 255).astype("uint8")).save(os.path.join(folder, name))
+        return {"ui": {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+
+
+class TestCrash:
+    """Kills the ComfyUI process it runs in (SIGKILL) after passing `seconds`, like a driver crash."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 3600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, image, seconds):
+        import signal
+
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (image,)
+
+
+class TestReadInput:
+    """Reads a file of ComfyUI's input folder to the end and reports its size and first byte, as a
+    loader of a large video would read it; an input field named `file` like core LoadVideo's."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": ("STRING", {"default": "input.bin"})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self, file):
+        path = folder_paths.get_annotated_filepath(file)
+        size, first = 0, None
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                first = chunk[0] if first is None else first
+                size += len(chunk)
+        return {"ui": {"text": [f"{file}:{size}:{first}"]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestFixedNameImage": TestFixedNameImage,
+    "TestCrash": TestCrash,
+    "TestReadInput": TestReadInput,
     "TestStallAfterPrompt": TestStallAfterPrompt,
     "TestIgnoreInterrupt": TestIgnoreInterrupt,
     "TestReportFile": TestReportFile,

@@ -108,6 +108,8 @@ class RunPodEmulator:
         self.webhook_deliveries: list[WebhookDelivery] = []
         self.requests: dict[str, int] = {}  # "POST /run" -> count, for assertions
         self.job_take_calls: list[tuple[str, float]] = []  # (worker id, wall-clock time) of each job-take request
+        self.taken: list[tuple[str, list[str]]] = []  # (route, job ids) of every answer that handed out jobs
+        self.stop_pod: list[str] = []  # ids of the jobs whose job-done asked RunPod to stop the worker
         self._throttle_runs = 0  # answer this many /run calls with 429
         self._task_throttles: dict[str, tuple[int, float]] = {}  # task id -> (429s left, Retry-After s)
         self._run_faults = (0.0, 0.0, 0.0)  # rates: 429, 500 before the job is made, 500 after
@@ -348,6 +350,8 @@ class RunPodEmulator:
         while True:  # long poll, as the real job-take does
             job = self._take(endpoint, worker)
             if job is not None:
+                with self.lock:
+                    self.taken.append(("job-take", [job.id]))
                 return JSONResponse({"id": job.id, "input": job.input})
             if time.monotonic() >= deadline:
                 return Response(status_code=204)
@@ -364,6 +368,8 @@ class RunPodEmulator:
             while len(taken) < size and (job := self._take(endpoint, worker)) is not None:
                 taken.append({"id": job.id, "input": job.input})
             if taken:
+                with self.lock:
+                    self.taken.append(("job-take-batch", [job["id"] for job in taken]))
                 return JSONResponse(taken)
             if time.monotonic() >= deadline:
                 return Response(status_code=204)
@@ -392,6 +398,9 @@ class RunPodEmulator:
                 if job.status == RUNNING:
                     job.output = body.get("output")
             return JSONResponse({})
+        if body.get("stopPod"):
+            with self.lock:
+                self.stop_pod.append(job.id)
         self.finish_job(job.id, output=body.get("output"), error=body.get("error"))
         return JSONResponse({})
 

@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can cut connections on demand (to drop a websocket mid-job)."""
+"""A loopback TCP proxy that can cut connections on demand (to drop a websocket mid-job), or hold
+new ones until a test lets them through (`gate`: to keep an upload waiting)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import threading
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to an upstream port; remembers each connection's first bytes."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, gate: threading.Event | None = None) -> None:
         self.upstream_port = upstream_port
+        self.gate = gate  # while set is pending, new connections wait (up to 120 s) before reaching upstream
+        self.held = 0  # connections that waited at the gate
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._lock = threading.Lock()
@@ -28,6 +31,10 @@ class TcpProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        if self.gate is not None and not self.gate.is_set():
+            with self._lock:
+                self.held += 1
+            self.gate.wait(120)
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
         first = client.recv(65536)
         if not first:
