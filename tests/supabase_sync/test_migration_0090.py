@@ -102,7 +102,8 @@ def test_0090_applies_over_the_previous_releases_live_rows_and_can_run_again(pg_
                   "runpod_job_id": "job-old"}]),))
         lines: list[str] = []
         result = migrate(dsn, report=lines.append)  # what an operator runs: the rest, recorded
-        assert [m.name for m in result.applied] == list(HARDENING), lines
+        applied = [m.name for m in result.applied]
+        assert applied[:len(HARDENING)] == list(HARDENING), lines  # (then the later releases' migrations, if any)
         assert any("0091_dispatcher_indexes.sql (pre, statement by statement" in line for line in lines), lines
         with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
             row = conn.execute("select lost_claims, max_lost_claims, worker_started_at from tasks limit 1").fetchone()
