@@ -162,15 +162,20 @@ def instrument_sdk() -> None:
 def run_ours() -> None:
     sys.path.insert(0, str(ROOT))
     import comfy.job.run as run
+    import comfy.job.stages as stages
     from comfy.delivery.deliver import DeliveryPlan
     from comfy.server.client import ComfyClient
     from comfy.server.monitor import PromptMonitor
     from comfy.worker.runpod_progress import RunPodProgress
 
-    for name in ("run_job", "parse_job_input", "plan_delivery", "fetch_job_models", "stage_inputs",
-                 "validate_graph", "collect_outputs", "_remove_prompt_files", "_free_memory"):
+    for name in ("run_job", "parse_job_input"):
         wrap(run, name, f"ours.{name}")
-    wrap(run.FolderSnapshot, "take", "ours.snapshot")
+    for name in ("plan_delivery", "fetch_job_models", "stage_inputs", "validate_graph", "collect_outputs",
+                 "_remove_prompt_files", "_free_memory"):
+        wrap(stages, name, f"ours.{name}")
+    for name in ("prepare", "execute", "deliver"):
+        wrap(stages.JobRun, name, f"ours.stage_{name}")
+    wrap(stages.FolderSnapshot, "take", "ours.snapshot")
     wrap(DeliveryPlan, "deliver", "ours.deliver")
     wrap(ComfyClient, "queue_prompt", "ours.queue_prompt")
     wrap(ComfyClient, "history", "ours.history")

@@ -5,9 +5,10 @@ the events carry everything its history entry would: each output node's `execute
 (cached nodes included) and ComfyUI's own start and end timestamps. The result is then built
 from them and /history is not read: ComfyUI writes the entry only after `execution_success`, so
 a read at that moment races it, and right after a prompt ComfyUI's worker thread runs a full
-`gc.collect()` (at most every 10 s) that holds its GIL, stalling its HTTP answers by up to
-~360 ms (measured, docs/benchmarks.md). A dropped or reconnected websocket, or an older ComfyUI
-that ends a prompt with `executing` node None only, falls back to /history.
+`gc.collect()` (at most every 10 s) that holds its GIL, stalling its HTTP answers (up to
+~350 ms measured after a first prompt: docs/benchmarks.md, "Prompt end"). A dropped or
+reconnected websocket, or an older ComfyUI that ends a prompt with `executing` node None
+only, falls back to /history.
 
 Ends with the prompt's history entry on success, or raises: ExecutionFailed (a node
 raised), ExecutionInterrupted, ComfyUnavailable (ComfyUI died), ComfyUnresponsive (it
