@@ -84,7 +84,7 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     # The fence first, before the job is admitted to the pipeline (prepare's start): a superseded job
     # downloads nothing and takes no place; a job that passed is the task's (start_task recorded it), so
     # nothing can supersede it while it prepares or waits for ComfyUI.
-    refused = await asyncio.to_thread(FENCE.check, job_input, job_id)
+    refused = await asyncio.to_thread(FENCE.check, job_input, job_id) if FENCE.applies_to(job_input) else None
     if refused is not None:  # superseded: nothing downloaded, nothing queued in ComfyUI
         return CONCURRENCY.settle_refresh(refused, job_id)
     task_id = job_input.get("task_id") if isinstance(job_input, dict) else None

@@ -53,6 +53,11 @@ class TaskFence:
         env = os.environ if env is None else env
         return cls(SupabaseRpc(env.get("SUPABASE_URL"), env.get("SUPABASE_SERVICE_ROLE_KEY")))
 
+    def applies_to(self, job_input: Any) -> bool:
+        """Whether `check` would ask Supabase (credentials set, the input names a task and lease):
+        the handler hops to a thread for it only then."""
+        return self.enabled and _claim_of(job_input) is not None
+
     def check(self, job_input: Any, job_id: str) -> dict[str, Any] | None:
         """None when the job may run; otherwise its result (error_type `superseded`)."""
         claim = _claim_of(job_input) if self.enabled else None

@@ -77,8 +77,12 @@ def test_jobs_that_name_no_claim_and_workers_without_credentials_are_not_fenced(
     assert fence.check({"task_id": "task-77", "lease_token": "abc"}, "job-3") is None  # not UUIDs
     assert fence.check("not a dict", "job-4") is None
     assert fence.checks == 0
+    claim = {"task_id": str(uuid.uuid4()), "lease_token": str(uuid.uuid4())}
+    assert not any(fence.applies_to(i) for i in ({"workflow": {}}, {"task_id": "task-77", "lease_token": "abc"}, "x"))
+    assert fence.applies_to(claim)  # the handler asks (in a thread) only for these
     off = TaskFence.from_env({})
-    assert not off.enabled and off.check({"task_id": str(uuid.uuid4()), "lease_token": str(uuid.uuid4())}, "j") is None
+    assert not off.enabled and off.check(claim, "j") is None
+    assert not off.applies_to(claim)
 
 
 def test_an_outage_is_waited_out_and_an_unreachable_supabase_lets_the_job_run(db):
